@@ -1,0 +1,322 @@
+"""A spec compiled onto a `transitions` hierarchical machine.
+
+Shape of the compiled machine::
+
+    active (parallel: one region per step)      done      aborted
+      <step>: pending -> running -> succeeded
+                           |  ^
+                           v  | resume (the downstream pipeline was retried)
+                         failed -> pending (retry: an operator asks for a new run)
+
+A fork is the set of regions whose steps need the same step; a join is a ``start``
+transition guarded by *every* needed region being ``succeeded``.  The guard is a condition on
+the transition itself; we never rely on `transitions`' experimental ``on_final`` (domain.md,
+bug #715).  ``finish`` leaves ``active`` only when every region succeeded; ``abort`` leaves it
+from anywhere.  ``done`` and ``aborted`` have no way out.
+
+One machine serves many rollouts: a :class:`Rollout` is a `transitions` model, added with
+:meth:`RolloutMachine.new` and removed with :meth:`RolloutMachine.release`.  Events are the only
+way to change a rollout, through :meth:`RolloutMachine.fire`, which raises
+:class:`~deploystate.errors.EventRefused` (and changes nothing) when the event is not allowed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from transitions import MachineError
+from transitions.extensions.nesting import HierarchicalMachine, NestedState
+
+from deploystate.errors import EventRefused
+from deploystate.spec import Spec, Step, StepKind
+
+ACTIVE = "active"
+DONE = "done"
+ABORTED = "aborted"
+SEPARATOR = "."
+
+
+class Phase(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Action(enum.StrEnum):
+    START = "start"
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    RESUME = "resume"
+    RETRY = "retry"
+    SKIP = "skip"
+    FINISH = "finish"
+    ABORT = "abort"
+
+
+ROLLOUT_ACTIONS = frozenset({Action.FINISH, Action.ABORT})
+
+# (action, from phase, to phase) for every step; SKIP is added for bakes only.
+STEP_TRANSITIONS: tuple[tuple[Action, Phase, Phase], ...] = (
+    (Action.START, Phase.PENDING, Phase.RUNNING),
+    (Action.SUCCEED, Phase.RUNNING, Phase.SUCCEEDED),
+    (Action.FAIL, Phase.RUNNING, Phase.FAILED),
+    (Action.RESUME, Phase.FAILED, Phase.RUNNING),
+    (Action.RETRY, Phase.FAILED, Phase.PENDING),
+)
+BAKE_SKIP = (Action.SKIP, Phase.RUNNING, Phase.SUCCEEDED)
+
+
+class _DottedState(NestedState):
+    # Step names use '_' (wait_cng); with transitions' default '_' separator they would be
+    # read as nested paths.
+    separator = SEPARATOR
+
+
+class _CompiledMachine(HierarchicalMachine):  # type: ignore[misc]
+    """A HierarchicalMachine that binds nothing onto its models.
+
+    transitions normally attaches a bound trigger, ``may_*`` and ``is_*`` helper per event and
+    state to every model: ~150 objects per rollout for the seed's spec.  Rollouts are driven
+    only through :meth:`RolloutMachine.fire`, so we skip that binding and keep one shared
+    machine cheap per extra rollout.
+    """
+
+    state_cls = _DottedState
+
+    def _checked_assignment(self, model: Any, name: str, func: Any) -> None:
+        return None
+
+    def _add_model_to_state(self, state: Any, model: Any) -> None:
+        return None
+
+    def _add_trigger_to_model(self, trigger: str, model: Any) -> None:
+        return None
+
+
+class Rollout:
+    """One rollout's live state; ``state`` is owned by the machine that created it."""
+
+    __slots__ = ("__weakref__", "rollout_id", "state", "to")
+
+    def __init__(self, rollout_id: str) -> None:
+        self.rollout_id = rollout_id
+
+    def __repr__(self) -> str:
+        return f"Rollout({self.rollout_id!r})"
+
+
+def trigger_name(action: Action, step: str | None) -> str:
+    return action.value if step is None else f"{action.value}_{step}"
+
+
+def _state_path(step: str, phase: Phase) -> str:
+    return f"{ACTIVE}{SEPARATOR}{step}{SEPARATOR}{phase.value}"
+
+
+class RolloutMachine:
+    """The compiled machine for one spec; serves any number of rollouts."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self._steps: Mapping[str, Step] = {s.name: s for s in spec.steps}
+        self._triggers: dict[tuple[Action, str | None], str] = {}
+        self._needs_met: dict[str, Callable[[Rollout], bool]] = {}
+        regions = [
+            {"name": s.name, "children": [p.value for p in Phase], "initial": Phase.PENDING.value}
+            for s in spec.steps
+        ]
+        transitions: list[dict[str, Any]] = []
+        for step in spec.steps:
+            self._needs_met[step.name] = self._needs_check(step)
+            rows = [*STEP_TRANSITIONS, BAKE_SKIP] if step.kind is StepKind.BAKE else STEP_TRANSITIONS
+            for action, source, dest in rows:
+                name = trigger_name(action, step.name)
+                self._triggers[(action, step.name)] = name
+                conditions = self._conditions(step, action)
+                transitions.append({
+                    "trigger": name,
+                    "source": _state_path(step.name, source),
+                    "dest": _state_path(step.name, dest),
+                    "conditions": conditions,
+                })
+        self._triggers[(Action.FINISH, None)] = Action.FINISH.value
+        self._triggers[(Action.ABORT, None)] = Action.ABORT.value
+        every_step = [_state_path(s.name, Phase.SUCCEEDED) for s in spec.steps]
+        transitions.append({
+            "trigger": Action.FINISH.value, "source": ACTIVE, "dest": DONE,
+            "conditions": [lambda event: all(p in event.model.state for p in every_step)],
+        })
+        transitions.append({
+            "trigger": Action.ABORT.value, "source": ACTIVE, "dest": ABORTED,
+            "conditions": [lambda event: _text(event.kwargs.get("reason"))],
+        })
+        self._machine = _CompiledMachine(
+            model=None,
+            states=[{"name": ACTIVE, "parallel": regions}, DONE, ABORTED],
+            transitions=transitions,
+            initial=ACTIVE,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=False,
+            queued=False,  # queued triggers return True even when refused (domain.md)
+        )
+        self._trigger_to_event = {name: key for key, name in self._triggers.items()}
+
+    # -- building ---------------------------------------------------------------------------
+    def _needs_check(self, step: Step) -> Callable[[Rollout], bool]:
+        required = tuple(_state_path(n, Phase.SUCCEEDED) for n in step.needs)
+
+        def needs_met(rollout: Rollout) -> bool:
+            state = rollout.state
+            return all(r in state for r in required)
+
+        return needs_met
+
+    def _conditions(self, step: Step, action: Action) -> list[Callable[[Any], bool]]:
+        if action is Action.START and step.needs:
+            needs_met = self._needs_met[step.name]
+            return [lambda event: needs_met(event.model)]
+        if action is Action.SUCCEED and step.kind is StepKind.BAKE:
+            duration = step.duration_s or 0
+            return [lambda event: _number(event.kwargs.get("elapsed_s")) >= duration]
+        if action is Action.SUCCEED and step.kind is StepKind.PROMOTION:
+            return [lambda event: _text(event.kwargs.get("by"))]
+        if action is Action.SKIP:
+            return [lambda event: _text(event.kwargs.get("reason")) and _text(event.kwargs.get("by"))]
+        return []
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def new(self, rollout_id: str) -> Rollout:
+        """A fresh rollout (every step pending), served by this machine."""
+        rollout = Rollout(rollout_id)
+        self._machine.add_model(rollout)
+        return rollout
+
+    def release(self, rollout: Rollout) -> None:
+        """Stop serving ``rollout`` (its state stays readable)."""
+        self._machine.remove_model(rollout)
+
+    def fire(self, rollout: Rollout, action: Action | str, step: str | None = None,
+             **data: Any) -> None:
+        """Apply one event, or raise :class:`EventRefused` and change nothing."""
+        key = (Action(action) if not isinstance(action, Action) else action, step)
+        trigger = self._triggers.get(key)
+        if trigger is None:
+            raise self._refusal(rollout, key[0], step, data)
+        try:
+            accepted = self._machine.trigger_event(rollout, trigger, **data)
+        except MachineError:
+            accepted = False
+        if not accepted:
+            raise self._refusal(rollout, key[0], step, data)
+
+    # -- reading ----------------------------------------------------------------------------
+    def status(self, rollout: Rollout) -> str:
+        """``active``, ``done`` or ``aborted``."""
+        state = rollout.state
+        return state if isinstance(state, str) else ACTIVE
+
+    def phases(self, rollout: Rollout) -> dict[str, Phase]:
+        """Each step's phase; empty once the rollout has ended."""
+        state = rollout.state
+        if isinstance(state, str):
+            return {}
+        result: dict[str, Phase] = {}
+        for path in state:
+            _, step, phase = path.split(SEPARATOR)
+            result[step] = Phase(phase)
+        return result
+
+    def phase(self, rollout: Rollout, step: str) -> Phase | None:
+        return self.phases(rollout).get(step)
+
+    def ready(self, rollout: Rollout) -> list[str]:
+        """Pending steps whose needs have all succeeded: what may start now."""
+        phases = self.phases(rollout)
+        return [
+            name for name, phase in phases.items()
+            if phase is Phase.PENDING and self._needs_met[name](rollout)
+        ]
+
+    def can_finish(self, rollout: Rollout) -> bool:
+        phases = self.phases(rollout)
+        return bool(phases) and all(p is Phase.SUCCEEDED for p in phases.values())
+
+    def allowed(self, rollout: Rollout) -> list[str]:
+        """Events that would be accepted now, by structure and joins (data aside)."""
+        if self.status(rollout) != ACTIVE:
+            return []
+        names = dict.fromkeys(self._machine.get_triggers(*rollout.state))
+        result = []
+        for name in names:
+            action, step = self._trigger_to_event[name]
+            if action is Action.START and step is not None and not self._needs_met[step](rollout):
+                continue
+            if action is Action.FINISH and not self.can_finish(rollout):
+                continue
+            result.append(describe_event(action, step))
+        return result
+
+    def describe(self, rollout: Rollout) -> str:
+        status = self.status(rollout)
+        if status != ACTIVE:
+            return status
+        parts = [f"{step}={phase.value}" for step, phase in self.phases(rollout).items()]
+        return f"active({', '.join(parts)})"
+
+    # -- refusals ---------------------------------------------------------------------------
+    def _refusal(self, rollout: Rollout, action: Action, step: str | None,
+                 data: Mapping[str, Any]) -> EventRefused:
+        return EventRefused(describe_event(action, step), self.describe(rollout),
+                            self.allowed(rollout), self._why(rollout, action, step, data))
+
+    def _why(self, rollout: Rollout, action: Action, step: str | None,
+             data: Mapping[str, Any]) -> str:
+        if self.status(rollout) != ACTIVE:
+            return f"the rollout is {self.status(rollout)}, which is final"
+        if action in ROLLOUT_ACTIONS:
+            if step is not None:
+                return f"{action.value} applies to the whole rollout, not to a step"
+            if action is Action.ABORT:
+                return "an abort needs a reason"
+            waiting = [s for s, p in self.phases(rollout).items() if p is not Phase.SUCCEEDED]
+            return f"steps not yet succeeded: {', '.join(waiting)}"
+        if step is None:
+            return f"{action.value} needs a step"
+        if step not in self._steps:
+            return f"unknown step {step!r}; steps: {', '.join(self._steps)}"
+        spec_step = self._steps[step]
+        if (action, step) not in self._triggers:
+            return f"{action.value} does not apply to a {spec_step.kind.value} step"
+        phase = self.phase(rollout, step)
+        sources = [src for act, src, _ in (*STEP_TRANSITIONS, BAKE_SKIP) if act is action]
+        if phase not in sources:
+            return f"{step} is {phase.value if phase else '?'}"
+        if action is Action.START:
+            unmet = [n for n in spec_step.needs if self.phase(rollout, n) is not Phase.SUCCEEDED]
+            return f"{step} needs {', '.join(unmet)} to succeed first"
+        if action is Action.SUCCEED and spec_step.kind is StepKind.BAKE:
+            return (f"the bake lasts {spec_step.duration_s}s; elapsed_s="
+                    f"{data.get('elapsed_s')!r} (skip it with a reason instead)")
+        if action is Action.SUCCEED and spec_step.kind is StepKind.PROMOTION:
+            return "a promotion needs who promoted (by)"
+        if action is Action.SKIP:
+            return "skipping a bake needs a reason and who decided (by)"
+        return "a guard refused it"
+
+
+def describe_event(action: Action, step: str | None) -> str:
+    return action.value if step is None else f"{action.value} {step}"
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _number(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float("-inf")

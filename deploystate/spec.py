@@ -1,0 +1,342 @@
+"""The pipeline's shape as data: steps, what each one needs, and the rules a shape must obey.
+
+A spec is made of frozen :class:`Step` values; a bad value fails where it is made, with a
+message that names the step and says what to fix.  Specs load from Python, from a mapping
+(as parsed from TOML) or from a TOML file.  The built-in specs live as TOML beside this
+module so that the default is data, exactly like a user's own.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from deploystate.errors import SpecError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ENVIRONMENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+PACKAGES = ("cng", "omnibus")
+DEFAULT_BAKE_SECONDS = 30 * 60
+
+
+class StepKind(enum.StrEnum):
+    TAG = "tag"
+    PACKAGE_WAIT = "package_wait"
+    DEPLOYMENT = "deployment"
+    LEGACY_DEPLOYMENT = "legacy_deployment"
+    BAKE = "bake"
+    PROMOTION = "promotion"
+
+
+GATE_KINDS = frozenset({StepKind.BAKE, StepKind.PROMOTION})
+
+
+def _fail(step: str, problem: str, fix: str) -> SpecError:
+    return SpecError(f"step {step!r}: {problem}; {fix}")
+
+
+def _check_name(instance: Step, _attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpecError(
+            f"step name {value!r} is not valid; use 1-64 characters of lower-case letters, "
+            "digits and '_', starting with a letter"
+        )
+
+
+def _check_needs(instance: Step, _attribute: attrs.Attribute[tuple[str, ...]], value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(n, str) for n in value):
+        raise _fail(instance.name, f"needs must be a list of step names, got {value!r}",
+                    'write needs = ["other_step", ...]')
+    if len(set(value)) != len(value):
+        raise _fail(instance.name, f"needs lists a step twice: {list(value)}", "list each step once")
+    if instance.name in value:
+        raise _fail(instance.name, "needs itself", "remove it from its own needs")
+
+
+def _tuple_of_str(value: object) -> object:
+    # Lists from TOML become tuples; anything else is left for the validator to refuse,
+    # so a string is never silently split into characters.
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+@attrs.frozen
+class Step:
+    """One step of a rollout: a package wait, a deployment, a gate, the legacy deployment."""
+
+    name: str = attrs.field(validator=_check_name)
+    kind: StepKind = attrs.field()
+    needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, validator=_check_needs)
+    environment: str | None = None
+    environments: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    package: str | None = None
+    protected: bool = False
+    duration_s: int | None = None
+
+    @kind.validator
+    def _check_kind(self, _attribute: attrs.Attribute[StepKind], value: object) -> None:
+        if not isinstance(value, StepKind):
+            kinds = ", ".join(k.value for k in StepKind)
+            raise _fail(self.name, f"unknown kind {value!r}", f"use one of: {kinds}")
+
+    def __attrs_post_init__(self) -> None:
+        kind = self.kind
+        self._check_types()
+        if kind is StepKind.DEPLOYMENT:
+            if self.environment is None:
+                raise _fail(self.name, "a deployment needs an environment",
+                            'set environment = "gstg" (for example)')
+        elif self.environment is not None:
+            raise _fail(self.name, f"environment is only for deployments, not {kind.value}",
+                        "remove environment")
+        if kind is StepKind.LEGACY_DEPLOYMENT:
+            if not self.environments:
+                raise _fail(self.name, "a legacy deployment needs its environments",
+                            'set environments = ["gstg", "gprd-cny", "gprd"]')
+        elif self.environments:
+            raise _fail(self.name, "environments is only for legacy_deployment",
+                        "remove environments, or use environment for one deployment")
+        if kind is StepKind.PACKAGE_WAIT:
+            if self.package not in PACKAGES:
+                raise _fail(self.name, f"package must be one of {', '.join(PACKAGES)}, "
+                            f"got {self.package!r}", 'set package = "cng" or "omnibus"')
+        elif self.package is not None:
+            raise _fail(self.name, "package is only for package_wait", "remove package")
+        if self.protected and kind is not StepKind.DEPLOYMENT:
+            raise _fail(self.name, "only a deployment can be protected", "remove protected")
+        if kind is StepKind.BAKE:
+            if self.duration_s is None:
+                object.__setattr__(self, "duration_s", DEFAULT_BAKE_SECONDS)
+            elif self.duration_s < 0:
+                raise _fail(self.name, f"duration_s must be >= 0, got {self.duration_s}",
+                            "give the bake time in seconds")
+        elif self.duration_s is not None:
+            raise _fail(self.name, "duration_s is only for a bake", "remove duration_s")
+
+    def _check_types(self) -> None:
+        for field, expected, value in (
+            ("environment", str, self.environment),
+            ("package", str, self.package),
+            ("protected", bool, self.protected),
+            ("duration_s", int, self.duration_s),
+        ):
+            if value is None and field != "protected":
+                continue
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise _fail(self.name, f"{field} must be {expected.__name__}, got {value!r}",
+                            f"fix the type of {field}")
+        if self.environment is not None and not ENVIRONMENT_RE.match(self.environment):
+            raise _fail(self.name, f"environment {self.environment!r} is not a valid name",
+                        "use lower-case letters, digits and '-' (like gprd-cny)")
+        if not isinstance(self.environments, tuple) or not all(
+            isinstance(e, str) and ENVIRONMENT_RE.match(e) for e in self.environments
+        ):
+            raise _fail(self.name, f"environments must be a list of environment names, got "
+                        f"{self.environments!r}", 'write environments = ["gstg", "gprd"]')
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The environments this step deploys to (empty for waits and gates)."""
+        if self.environment is not None:
+            return (self.environment,)
+        return self.environments
+
+
+def _check_steps(instance: Spec, _attribute: attrs.Attribute[tuple[Step, ...]], value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(s, Step) for s in value):
+        raise SpecError(f"spec {instance.name!r}: steps must be a list of Step values")
+    if not value:
+        raise SpecError(f"spec {instance.name!r} has no steps; add at least one step")
+
+
+@attrs.frozen
+class Spec:
+    """A validated pipeline shape.  Steps are kept in a dependency-respecting order."""
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    steps: tuple[Step, ...] = attrs.field(converter=_tuple_of_str, validator=_check_steps)
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        by_name: dict[str, Step] = {}
+        for step in self.steps:
+            if step.name in by_name:
+                raise _fail(step.name, "the name is used twice", "give each step its own name")
+            by_name[step.name] = step
+        for step in self.steps:
+            for need in step.needs:
+                if need not in by_name:
+                    raise _fail(step.name, f"needs unknown step {need!r}",
+                                f"use one of: {', '.join(by_name)}")
+        object.__setattr__(self, "steps", _topological(self.steps, by_name))
+        deployed: dict[str, str] = {}
+        for step in self.steps:
+            if step.kind is StepKind.DEPLOYMENT:
+                assert step.environment is not None
+                if step.environment in deployed:
+                    raise _fail(step.name, f"environment {step.environment!r} is already deployed "
+                                f"by step {deployed[step.environment]!r}",
+                                "deploy each environment from one step")
+                deployed[step.environment] = step.name
+        for step in self.steps:
+            if step.protected and not any(
+                by_name[a].kind is StepKind.PROMOTION for a in self.ancestors(step.name)
+            ):
+                raise _fail(step.name, "is protected but does not need a promotion gate",
+                            "add a promotion step to its needs (directly or through another step)")
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise SpecError(f"spec {self.name!r} has no step {name!r}; steps: "
+                        f"{', '.join(s.name for s in self.steps)}")
+
+    def ancestors(self, name: str) -> frozenset[str]:
+        """Every step that must succeed before ``name`` may start."""
+        found: set[str] = set()
+        todo = list(self.step(name).needs)
+        while todo:
+            need = todo.pop()
+            if need not in found:
+                found.add(need)
+                todo.extend(self.step(need).needs)
+        return frozenset(found)
+
+    def dependents(self, name: str) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps if name in s.needs)
+
+    def for_environment(self, environment: str) -> Step:
+        for step in self.steps:
+            if step.kind is StepKind.DEPLOYMENT and step.environment == environment:
+                return step
+        envs = ", ".join(s.environment for s in self.steps if s.environment)
+        raise SpecError(f"no deployment step for environment {environment!r}; "
+                        f"environments in spec {self.name!r}: {envs}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<mapping>") -> Spec:
+        return _from_mapping(data, source)
+
+
+def _topological(steps: tuple[Step, ...], by_name: Mapping[str, Step]) -> tuple[Step, ...]:
+    ordered: list[Step] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = placed
+
+    def visit(step: Step, path: list[str]) -> None:
+        mark = state.get(step.name)
+        if mark == 2:
+            return
+        if mark == 1:
+            cycle = " -> ".join([*path[path.index(step.name):], step.name])
+            raise _fail(step.name, f"its needs form a cycle ({cycle})", "remove one of these needs")
+        state[step.name] = 1
+        for need in step.needs:
+            visit(by_name[need], [*path, step.name])
+        state[step.name] = 2
+        ordered.append(step)
+
+    for step in steps:
+        visit(step, [])
+    return tuple(ordered)
+
+
+_STEP_KEYS = {f.name for f in attrs.fields(Step)}
+
+
+def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a spec must be a table with 'name' and [[steps]]")
+    unknown = set(data) - {"name", "description", "steps"}
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {sorted(unknown)}; a spec has name, "
+                        "description and [[steps]]")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str):
+        raise SpecError(f"{source}: name must be a string, got {name!r}")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise SpecError(f"{source}: spec {name!r} has no steps; add [[steps]] tables")
+    steps = []
+    for index, raw in enumerate(raw_steps):
+        if not isinstance(raw, Mapping):
+            raise SpecError(f"{source}: steps[{index}] must be a table, got {raw!r}")
+        label = raw.get("name", f"steps[{index}]")
+        extra = set(raw) - _STEP_KEYS
+        if extra:
+            raise SpecError(f"{source}: step {label!r}: unknown key(s) {sorted(extra)}; "
+                            f"known keys: {', '.join(sorted(_STEP_KEYS))}")
+        if "name" not in raw or "kind" not in raw:
+            raise SpecError(f"{source}: step {label!r} needs both name and kind")
+        kind = raw["kind"]
+        try:
+            kind = StepKind(kind)
+        except ValueError:
+            pass  # the Step validator names the step and the valid kinds
+        fields = {**raw, "kind": kind}
+        try:
+            steps.append(Step(**fields))
+        except SpecError as error:
+            raise SpecError(f"{source}: {error}") from None
+        except TypeError as error:  # attrs' own type complaints
+            raise SpecError(f"{source}: step {label!r}: {error}") from None
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(f"{source}: description must be a string")
+    try:
+        return Spec(name=name, steps=tuple(steps), description=description)
+    except SpecError as error:
+        raise SpecError(f"{source}: {error}") from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Load a spec from a TOML file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"cannot read spec file {file}: {error.strerror}; check the path") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{file}: not valid TOML ({error}); fix the syntax") from None
+    return _from_mapping(data, str(file))
+
+
+BUILTIN_SPECS = ("seed", "reordered")
+
+
+def builtin_spec(name: str = "seed") -> Spec:
+    """One of the specs shipped with deploystate: ``seed`` (the default) or ``reordered``."""
+    if name not in BUILTIN_SPECS:
+        raise SpecError(f"no built-in spec {name!r}; choose one of: {', '.join(BUILTIN_SPECS)}")
+    text = resources.files("deploystate.specs").joinpath(f"{name}.toml").read_text("utf-8")
+    return _from_mapping(tomllib.loads(text), f"{name}.toml")
+
+
+def default_spec() -> Spec:
+    """The seed's diagram: tag, both builds, staging and legacy, canary, bake+promotion, production."""
+    return builtin_spec("seed")
+
+
+def resolve_spec(ref: str | Path | None) -> Spec:
+    """A spec from a built-in name, a TOML path, or the default when ``ref`` is None."""
+    if ref is None:
+        return default_spec()
+    if str(ref) in BUILTIN_SPECS:
+        return builtin_spec(str(ref))
+    return load_spec(ref)
+
+
+def iter_edges(spec: Spec) -> Iterable[tuple[str, str]]:
+    for step in spec.steps:
+        for need in step.needs:
+            yield need, step.name

@@ -26,6 +26,7 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from transitions import MachineError
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
@@ -75,7 +76,7 @@ class _DottedState(NestedState):
     separator = SEPARATOR
 
 
-class _CompiledMachine(HierarchicalMachine):  # type: ignore[misc]
+class _CompiledMachine(HierarchicalMachine):
     """A HierarchicalMachine that binds nothing onto its models.
 
     transitions normally attaches a bound trigger, ``may_*`` and ``is_*`` helper per event and
@@ -100,6 +101,8 @@ class Rollout:
     """One rollout's live state; ``state`` is owned by the machine that created it."""
 
     __slots__ = ("__weakref__", "rollout_id", "state", "to")
+    state: str | list[str]  # a list of region leaves while active; set by `transitions`
+    to: Any  # transitions' own `to(state)` helper, unused by deploystate
 
     def __init__(self, rollout_id: str) -> None:
         self.rollout_id = rollout_id
@@ -267,6 +270,27 @@ class RolloutMachine:
         parts = [f"{step}={phase.value}" for step, phase in self.phases(rollout).items()]
         return f"active({', '.join(parts)})"
 
+    # -- introspection (diagrams are drawn from this, not from a template) -------------------
+    def definition(self) -> list[TransitionInfo]:
+        """Every transition of the compiled machine, read back from `transitions` itself."""
+        found = []
+        for name, event in self._machine.events.items():
+            action, step = self._trigger_to_event[name]
+            for source, rows in event.transitions.items():
+                for row in rows:
+                    found.append(
+                        TransitionInfo(action, step, source, str(row.dest), bool(row.conditions))
+                    )
+        return found
+
+    def states(self) -> list[str]:
+        """Every state path of the compiled machine (``active.<step>.<phase>``, ``done``...)."""
+        return list(self._machine.get_nested_state_names())
+
+    def joined(self, step: str) -> tuple[str, ...]:
+        """The steps whose success guards ``start`` of ``step`` (its join; empty for none)."""
+        return self._steps[step].needs
+
     # -- refusals ---------------------------------------------------------------------------
     def _refusal(self, rollout: Rollout, action: Action, step: str | None,
                  data: Mapping[str, Any]) -> EventRefused:
@@ -306,6 +330,15 @@ class RolloutMachine:
         if action is Action.SKIP:
             return "skipping a bake needs a reason and who decided (by)"
         return "a guard refused it"
+
+
+@attrs.frozen
+class TransitionInfo:
+    action: Action
+    step: str | None
+    source: str
+    dest: str
+    guarded: bool
 
 
 def describe_event(action: Action, step: str | None) -> str:

@@ -277,11 +277,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
         if "name" not in raw or "kind" not in raw:
             raise SpecError(f"{source}: step {label!r} needs both name and kind")
         kind = raw["kind"]
-        try:
-            kind = StepKind(kind)
-        except ValueError:
-            pass  # the Step validator names the step and the valid kinds
-        fields = {**raw, "kind": kind}
+        # An unknown kind is passed on as it is: the Step validator names the step and the kinds.
+        fields = {**raw, "kind": StepKind(kind) if kind in set(StepKind) else kind}
         try:
             steps.append(Step(**fields))
         except SpecError as error:
@@ -323,7 +320,7 @@ def builtin_spec(name: str = "seed") -> Spec:
 
 
 def default_spec() -> Spec:
-    """The seed's diagram: tag, both builds, staging and legacy, canary, bake+promotion, production."""
+    """The seed's diagram: tag, builds, staging beside legacy, canary, bake+promotion, production."""
     return builtin_spec("seed")
 
 

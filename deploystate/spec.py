@@ -337,3 +337,24 @@ def iter_edges(spec: Spec) -> Iterable[tuple[str, str]]:
     for step in spec.steps:
         for need in step.needs:
             yield need, step.name
+
+
+def spec_to_mapping(spec: Spec) -> dict[str, Any]:
+    """The spec as plain data (the TOML layout), so a journal can keep the shape a rollout ran with."""
+    steps = []
+    for step in spec.steps:
+        raw: dict[str, Any] = {"name": step.name, "kind": step.kind.value}
+        if step.needs:
+            raw["needs"] = list(step.needs)
+        if step.environment is not None:
+            raw["environment"] = step.environment
+        if step.environments:
+            raw["environments"] = list(step.environments)
+        if step.package is not None:
+            raw["package"] = step.package
+        if step.protected:
+            raw["protected"] = True
+        if step.duration_s is not None:
+            raw["duration_s"] = step.duration_s
+        steps.append(raw)
+    return {"name": spec.name, "description": spec.description, "steps": steps}

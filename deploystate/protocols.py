@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from deploystate.errors import DeploystateError
+
 
 class Outcome(enum.StrEnum):
     """What a status from outside means to a rollout."""
@@ -22,6 +24,18 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # failed, canceled, skipped, manual
     MISSING = "missing"  # does not exist (yet)
     UNKNOWN = "unknown"  # a status we do not know: treated as waiting, and announced
+
+
+class BackendError(DeploystateError):
+    """An outside system failed.  ``transient`` errors are retried later; others need a human.
+
+    After a transient error on ``trigger`` nobody knows whether the deployment started: the
+    runner looks the idempotency key up before it triggers again.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def _environments(value: object) -> tuple[str, ...]:

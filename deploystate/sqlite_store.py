@@ -92,7 +92,7 @@ class SQLiteStore:
             try:
                 # Re-check inside the write lock: another process may have initialised it.
                 if db.execute("PRAGMA application_id").fetchone()[0] == 0:
-                    db.executescript(_SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+                    db.execute(_SCHEMA)
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("COMMIT")

@@ -1,0 +1,119 @@
+"""Turning journal records into notices, and the default notifier (structured log lines).
+
+Every record becomes exactly one notice, so nothing that happened goes unannounced; failures
+and time-outs are errors.  A notifier that breaks is itself reported and never stops a rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from deploystate.journal import Record
+from deploystate.protocols import Notice, Notifier
+
+LOG = logging.getLogger("deploystate")
+RUNBOOK = "https://gitlab.com/gitlab-org/release/docs/-/tree/master/runbooks"
+
+
+def _minutes(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def notice_for(record: Record) -> Notice:
+    """The notice a record deserves: severity and a one-line message for humans."""
+    data = record.data
+    step = record.step or ""
+    action = record.action
+    severity = "info"
+    if action == "created":
+        message = (f"rollout {record.rollout_id} created (spec {data.get('spec', {}).get('name')}; "
+                   f"{data.get('plan', '')})")
+    elif action == "start":
+        if data.get("key"):
+            where = ",".join(data.get("environments", ()))
+            mode = "check mode" if data.get("check_mode") else "REAL"
+            message = f"{step}: starting attempt {data.get('attempt')} ({where} at {data.get('ref')}, {mode})"
+        else:
+            message = f"{step}: started"
+    elif action == "triggered":
+        message = f"{step}: deployer pipeline {data.get('deployment_id')} triggered"
+        if data.get("web_url"):
+            message += f" {data['web_url']}"
+    elif action == "succeed":
+        message = f"{step}: succeeded"
+        if "duration_s" in data:
+            message += f" in {_minutes(data['duration_s'])}"
+        if data.get("by"):
+            why = f": {data['reason']}" if data.get("reason") else ""
+            message += f" (promoted by {data['by']}{why})"
+    elif action == "skip":
+        severity = "warning"
+        message = f"{step}: skipped by {data.get('by')}: {data.get('reason')}"
+    elif action == "fail":
+        severity = "error"
+        message = (f"{step}: FAILED ({data.get('reason') or data.get('status')}); release managers: "
+                   f"retry with 'deploystate retry {record.rollout_id} {step}' or abort. Runbook: {RUNBOOK}")
+    elif action == "resume":
+        message = f"{step}: running again (the downstream pipeline was retried)"
+    elif action == "retry":
+        message = f"{step}: retry requested by {record.actor}"
+    elif action == "observed":
+        severity = str(data.get("severity", "warning"))
+        message = f"{step}: {data.get('message') or data.get('status')}"
+    elif action == "finish":
+        message = f"rollout {record.rollout_id} done"
+    elif action == "abort":
+        severity = "error"
+        message = f"rollout {record.rollout_id} aborted by {record.actor}: {data.get('reason')}"
+    else:
+        message = f"{action} {step}".strip()
+    return Notice(record.rollout_id, record.at, severity, message, action, record.step, dict(data))
+
+
+class LogNotifier:
+    """The default: one structured (JSON) log line per notice on ``logging``'s ``deploystate`` logger."""
+
+    def notify(self, notice: Notice) -> None:
+        level = {"info": logging.INFO, "warning": logging.WARNING}.get(notice.severity, logging.ERROR)
+        LOG.log(level, json.dumps({"rollout": notice.rollout_id, "at": notice.at, "severity": notice.severity,
+                                   "action": notice.action, "step": notice.step,
+                                   "message": notice.message}, sort_keys=True))
+
+
+class StreamNotifier:
+    """Human progress lines, e.g. for ``deploystate simulate``: time since start, then the message."""
+
+    def __init__(self, stream: TextIO | None = None, origin: float | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.origin = origin
+
+    def notify(self, notice: Notice) -> None:
+        if self.origin is None:
+            self.origin = notice.at
+        offset = int(notice.at - self.origin)
+        hours, rest = divmod(offset, 3600)
+        mark = {"warning": "!", "error": "X"}.get(notice.severity, " ")
+        print(f"[+{hours:02d}:{rest // 60:02d}:{rest % 60:02d}] {mark} {notice.message}", file=self.stream,
+              flush=True)
+
+
+class FanOut:
+    """Several notifiers as one.  A notifier that raises is reported on the log, never fatal."""
+
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self.notifiers = list(notifiers)
+
+    def notify(self, notice: Notice) -> None:
+        for notifier in self.notifiers:
+            try:
+                notifier.notify(notice)
+            except Exception as error:  # a broken notifier must not stop a rollout
+                LOG.error("notifier %s failed on %r: %s", type(notifier).__name__, notice.message, error)

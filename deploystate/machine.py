@@ -209,7 +209,15 @@ class RolloutMachine:
     def fire(self, rollout: Rollout, action: Action | str, step: str | None = None,
              **data: Any) -> None:
         """Apply one event, or raise :class:`EventRefused` and change nothing."""
-        key = (Action(action) if not isinstance(action, Action) else action, step)
+        if not isinstance(action, Action):
+            try:
+                action = Action(action)
+            except ValueError:
+                # An unknown action is a refused event like any other, not a crash in the caller.
+                raise EventRefused(describe_event(action, step), self.describe(rollout),
+                                   self.allowed(rollout), f"unknown action {action!r}; actions: "
+                                   f"{', '.join(a.value for a in Action)}") from None
+        key = (action, step)
         trigger = self._triggers.get(key)
         if trigger is None:
             raise self._refusal(rollout, key[0], step, data)
@@ -378,8 +386,9 @@ def _data_guard(step: Step, action: Action) -> Callable[[Mapping[str, Any]], boo
     return None
 
 
-def describe_event(action: Action, step: str | None) -> str:
-    return action.value if step is None else f"{action.value} {step}"
+def describe_event(action: Action | str, step: str | None) -> str:
+    name = action.value if isinstance(action, Action) else action
+    return name if step is None else f"{name} {step}"
 
 
 def _text(value: object) -> bool:

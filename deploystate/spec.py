@@ -60,6 +60,18 @@ def _check_needs(instance: Step, _attribute: attrs.Attribute[tuple[str, ...]], v
         raise _fail(instance.name, "needs itself", "remove it from its own needs")
 
 
+def _to_kind(value: object) -> object:
+    # A kind written by its name ("bake", from Python or TOML) is that kind.  Anything else is left
+    # for the validator, which names the step and lists the kinds (rather than a bare ValueError,
+    # or a TypeError for an unhashable value such as a TOML list).
+    if isinstance(value, str) and not isinstance(value, StepKind):
+        try:
+            return StepKind(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _tuple_of_str(value: object) -> object:
     # Lists from TOML become tuples; anything else is left for the validator to refuse,
     # so a string is never silently split into characters.
@@ -73,7 +85,7 @@ class Step:
     """One step of a rollout: a package wait, a deployment, a gate, the legacy deployment."""
 
     name: str = attrs.field(validator=_check_name)
-    kind: StepKind = attrs.field()
+    kind: StepKind = attrs.field(converter=_to_kind)
     needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, validator=_check_needs)
     environment: str | None = None
     environments: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
@@ -141,6 +153,9 @@ class Step:
         ):
             raise _fail(self.name, f"environments must be a list of environment names, got "
                         f"{self.environments!r}", 'write environments = ["gstg", "gprd"]')
+        if len(set(self.environments)) != len(self.environments):
+            raise _fail(self.name, f"environments lists an environment twice: {list(self.environments)}",
+                        "list each environment once")
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -150,9 +165,19 @@ class Step:
         return self.environments
 
 
+def _check_text(instance: Spec, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise SpecError(f"spec {attribute.name} must be a string, got {value!r}; "
+                        f"give the spec's {attribute.name} as text")
+
+
 def _check_steps(instance: Spec, _attribute: attrs.Attribute[tuple[Step, ...]], value: object) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(s, Step) for s in value):
-        raise SpecError(f"spec {instance.name!r}: steps must be a list of Step values")
+    if not isinstance(value, tuple):
+        raise SpecError(f"spec {instance.name!r}: steps must be a list of Step values, got {value!r}")
+    for index, item in enumerate(value):
+        if not isinstance(item, Step):
+            raise SpecError(f"spec {instance.name!r}: steps[{index}] is not a Step but "
+                            f"{type(item).__name__} {item!r}; build it with Step(name=..., kind=...)")
     if not value:
         raise SpecError(f"spec {instance.name!r} has no steps; add at least one step")
 
@@ -161,9 +186,9 @@ def _check_steps(instance: Spec, _attribute: attrs.Attribute[tuple[Step, ...]], 
 class Spec:
     """A validated pipeline shape.  Steps are kept in a dependency-respecting order."""
 
-    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    name: str = attrs.field(validator=_check_text)
     steps: tuple[Step, ...] = attrs.field(converter=_tuple_of_str, validator=_check_steps)
-    description: str = ""
+    description: str = attrs.field(default="", validator=_check_text)
 
     def __attrs_post_init__(self) -> None:
         by_name: dict[str, Step] = {}
@@ -174,8 +199,9 @@ class Spec:
         for step in self.steps:
             for need in step.needs:
                 if need not in by_name:
-                    raise _fail(step.name, f"needs unknown step {need!r}",
-                                f"use one of: {', '.join(by_name)}")
+                    others = [name for name in by_name if name != step.name]
+                    fix = f"use one of: {', '.join(others)}" if others else "remove it (no other steps)"
+                    raise _fail(step.name, f"needs unknown step {need!r}", fix)
         object.__setattr__(self, "steps", _topological(self.steps, by_name))
         deployed: dict[str, str] = {}
         for step in self.steps:
@@ -263,7 +289,10 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
     if not isinstance(name, str):
         raise SpecError(f"{source}: name must be a string, got {name!r}")
     raw_steps = data.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
+    if raw_steps is not None and not isinstance(raw_steps, list):
+        raise SpecError(f"{source}: steps must be an array of tables, got {raw_steps!r}; "
+                        "write each step as a [[steps]] table")
+    if not raw_steps:
         raise SpecError(f"{source}: spec {name!r} has no steps; add [[steps]] tables")
     steps = []
     for index, raw in enumerate(raw_steps):
@@ -276,11 +305,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
                             f"known keys: {', '.join(sorted(_STEP_KEYS))}")
         if "name" not in raw or "kind" not in raw:
             raise SpecError(f"{source}: step {label!r} needs both name and kind")
-        kind = raw["kind"]
-        # An unknown kind is passed on as it is: the Step validator names the step and the kinds.
-        fields = {**raw, "kind": StepKind(kind) if kind in set(StepKind) else kind}
         try:
-            steps.append(Step(**fields))
+            steps.append(Step(**raw))
         except SpecError as error:
             raise SpecError(f"{source}: {error}") from None
         except TypeError as error:  # attrs' own type complaints

@@ -327,6 +327,8 @@ def load_spec(path: str | Path) -> Spec:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecError(f"cannot read spec file {file}: {error.strerror}; check the path") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{file}: not UTF-8 text (byte {error.start}); save the spec as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

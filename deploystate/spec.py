@@ -287,7 +287,7 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
                         "description and [[steps]]")
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
-        raise SpecError(f"{source}: name must be a string, got {name!r}")
+        raise SpecError(f"{source}: name must be a string, got {name!r}; write name = \"...\" in quotes")
     raw_steps = data.get("steps")
     if raw_steps is not None and not isinstance(raw_steps, list):
         raise SpecError(f"{source}: steps must be an array of tables, got {raw_steps!r}; "
@@ -297,14 +297,16 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
     steps = []
     for index, raw in enumerate(raw_steps):
         if not isinstance(raw, Mapping):
-            raise SpecError(f"{source}: steps[{index}] must be a table, got {raw!r}")
+            raise SpecError(f"{source}: steps[{index}] must be a table, got {raw!r}; "
+                            "write each step as a [[steps]] table")
         label = raw.get("name", f"steps[{index}]")
         extra = set(raw) - _STEP_KEYS
         if extra:
             raise SpecError(f"{source}: step {label!r}: unknown key(s) {sorted(extra)}; "
                             f"known keys: {', '.join(sorted(_STEP_KEYS))}")
         if "name" not in raw or "kind" not in raw:
-            raise SpecError(f"{source}: step {label!r} needs both name and kind")
+            raise SpecError(f"{source}: step {label!r} needs both name and kind; add the missing one "
+                            f"(kinds: {', '.join(k.value for k in StepKind)})")
         try:
             steps.append(Step(**raw))
         except SpecError as error:
@@ -313,7 +315,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Spec:
             raise SpecError(f"{source}: step {label!r}: {error}") from None
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise SpecError(f"{source}: description must be a string")
+        raise SpecError(f"{source}: description must be a string, got {description!r}; "
+                        "write description = \"...\" in quotes")
     try:
         return Spec(name=name, steps=tuple(steps), description=description)
     except SpecError as error:

@@ -138,13 +138,22 @@ def _flow(machine: RolloutMachine) -> _Flow:
     return _Flow(steps, tuple(forks), tuple(join_of.values()), tuple(edges))
 
 
-def _initial_phases(machine: RolloutMachine) -> Mapping[str, Phase]:
-    # Asking the machine for a fresh rollout shows its real initial phases, whatever they are.
+def _initial_phases(machine: RolloutMachine) -> Mapping[str, str]:
+    # A fresh rollout shows the machine's real initial phases, whatever they are.  Its raw
+    # state is read, not phases(): with a single step `transitions` keeps a plain string there,
+    # which phases() takes for an ended rollout.
     probe = machine.new("diagram-probe")
     try:
-        return machine.phases(probe)
+        state = probe.state
     finally:
         machine.release(probe)
+    paths = [state] if isinstance(state, str) else state
+    found = {}
+    for path in paths:
+        parts = path.split(SEPARATOR)
+        if len(parts) == 3 and parts[0] == ACTIVE:
+            found[parts[1]] = parts[2]
+    return found
 
 
 def _details(machine: RolloutMachine) -> tuple[dict[str, _StepDetail], list[_RolloutEdge]]:
@@ -166,7 +175,7 @@ def _details(machine: RolloutMachine) -> tuple[dict[str, _StepDetail], list[_Rol
         edges[row.step].append(_PhaseEdge(row.action, source, dest, label))
     initial = _initial_phases(machine)
     details = {
-        step: _StepDetail(tuple(phases[step]), initial[step].value, tuple(edges[step])) for step in steps
+        step: _StepDetail(tuple(phases[step]), initial[step], tuple(edges[step])) for step in steps
     }
     return details, rollout
 

@@ -204,6 +204,10 @@ def test_every_arrow_path_matches_the_machines_joins(spec: Spec) -> None:
         assert len(diagram.out(node) if kind == "fork" else diagram.into(node)) > 1
     # Both formats draw the same arrows.
     assert dot_edges(render(machine, "dot")) == mermaid_edges(diagram)
+    # The detail view draws every step, each entered at its initial phase.
+    detail = Mermaid.parse(render(machine, detail=True))
+    assert {dest for source, dest, _ in detail.edges if source == "[*]"} >= {
+        f"{step.name}_Pending" for step in spec.steps}
 
 
 def mermaid_edges(diagram: Mermaid) -> set[tuple[str, str]]:

@@ -50,6 +50,13 @@ from deploystate.version import check_version
 from deploystate.waiting import WaitPolicy
 
 OPERATOR_ATTEMPTS = 5
+CHECKPOINTS = (
+    "recorded",  # after any append to the journal
+    "before-trigger",  # the intent is durable, the deployer has not been called
+    "after-trigger",  # the deployer accepted, the journal does not know yet
+    "before-call",  # about to ask the outside world (status, find, trigger)
+    "before-sleep",  # about to wait (e.g. in the middle of the bake)
+)
 
 
 class Stop(enum.StrEnum):
@@ -83,8 +90,12 @@ class RunnerConfig:
 
 class Runner:
     def __init__(self, store: Store, backends: Backends, *, config: RunnerConfig | None = None,
-                 notifier: Notifier | None = None, machines: Machines | None = None) -> None:
+                 notifier: Notifier | None = None, machines: Machines | None = None,
+                 checkpoint: Callable[[str], None] | None = None) -> None:
         self.store = store
+        # Called at the points where a crash matters most (see CHECKPOINTS); crash tests kill the
+        # process there.  Does nothing by default.
+        self.checkpoint = checkpoint or (lambda name: None)
         self.backends = backends
         self.config = config or RunnerConfig()
         self.notifier = notifier or LogNotifier()
@@ -183,6 +194,7 @@ class Runner:
                 if max_wakeups is not None and wakeups >= max_wakeups:
                     return RunResult(view, Stop.PAUSED, "stopped after the allowed number of wake-ups")
                 wakeups += 1
+                self.checkpoint("before-sleep")
                 now = self.clock.now()
                 self.clock.sleep(max(0.0, wake_at - now) if wake_at is not None else
                                  self.config.wait_policy.max_interval_s)
@@ -360,11 +372,13 @@ class Runner:
         request = TriggerRequest(key=run.key, version=view.version, environments=run.environments,
                                  ref=run.ref or "", check_mode=bool(run.check_mode),
                                  user=self.config.deploy_user)
+        self.checkpoint("before-trigger")
         try:
             found = self._call(lambda: deployer.find(request.key))
             deployment = found if found is not None else self._call(lambda: deployer.trigger(request))
         except BackendError as error:
             return self._backend_trouble(view, step, run, error, now)
+        self.checkpoint("after-trigger")
         self._record_trigger(view, step, deployment)
         return True, None
 
@@ -430,6 +444,7 @@ class Runner:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _call(self, call: Callable[[], Any]) -> Any:
+        self.checkpoint("before-call")
         self.api_calls += 1
         return call()
 
@@ -438,6 +453,7 @@ class Runner:
 
     def _append(self, view: RolloutView, entries: Sequence[Entry]) -> list[Record]:
         records = self.store.append(view.rollout_id, view.seq, entries)
+        self.checkpoint("recorded")
         apply_records(view, records)
         self._announce(records)
         return records

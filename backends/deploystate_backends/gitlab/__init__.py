@@ -1,0 +1,31 @@
+"""The GitLab backend: real deployer pipelines and package builds, through python-gitlab.
+
+Entry point ``gitlab`` in the ``deploystate.backends`` group.  Settings come from
+``[backends.gitlab]``; tokens from the environment variables those settings name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from deploystate.clock import SystemClock
+from deploystate.protocols import Backends
+from deploystate_backends.gitlab.client import connect
+from deploystate_backends.gitlab.deployer import GitLabDeployer
+from deploystate_backends.gitlab.packages import GitLabPackages
+from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
+
+__all__ = ["GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError", "create"]
+
+
+def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None) -> Backends:
+    """Check the settings and both tokens now, before any rollout starts."""
+    parsed = GitLabSettings.from_mapping(settings)
+    trigger_token = parsed.token("trigger", env)
+    api_token = parsed.token("api", env)
+    secrets = (trigger_token, api_token)
+    gl = connect(parsed, api_token)
+    packages = GitLabPackages(gl, parsed, secrets)
+    deployer = GitLabDeployer(gl, parsed, trigger_token, packages, secrets)
+    return Backends(deployer=deployer, packages=packages, clock=SystemClock(),
+                    description=f"gitlab {parsed.url} deployer {parsed.deployer_project}")

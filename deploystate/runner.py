@@ -414,7 +414,9 @@ class Runner:
                 outcome, status = deployment.outcome, deployment.status
         except BackendError:
             return False, now + self.config.wait_policy.max_interval_s
-        if outcome in (Outcome.WAITING, Outcome.SUCCEEDED):
+        # A step failed by our time-out is still running out there: that is no sign of a retry,
+        # and resuming it would time it out again at once, forever.  Only its success counts.
+        if outcome is Outcome.SUCCEEDED or (outcome is Outcome.WAITING and not _timed_out(view, step.name)):
             self._append(view, [self._entry(Action.RESUME.value, step.name, {"status": status})])
             return True, None
         assert run.failed_at is not None
@@ -473,6 +475,14 @@ def _replace(view: RolloutView, fresh: RolloutView) -> None:
         setattr(view, field.name, getattr(fresh, field.name))
 
 
+def _timed_out(view: RolloutView, step: str) -> bool:
+    """Whether ``step``'s last failure was the runner giving up waiting (not a failed status)."""
+    for record in reversed(view.records):
+        if record.step == step and record.action == Action.FAIL.value:
+            return bool(record.data.get("timed_out"))
+    return False
+
+
 def _check_allowed(view: RolloutView, entries: Sequence[Entry]) -> None:
     """Refuse an operator command that the machine would refuse, before writing anything."""
     probe = view.machine.new(view.rollout_id + "~probe")
@@ -485,9 +495,16 @@ def _check_allowed(view: RolloutView, entries: Sequence[Entry]) -> None:
 
 
 def _resolve_target(spec: Spec, target: str) -> Step:
-    for step in spec.steps:
-        if target == step.name or target in step.targets:
-            return step
+    # An environment means its own deployment first (gprd: trigger_gprd, not the legacy
+    # all-environments step that also lists gprd); the legacy step only when it is the sole one.
+    for matches in ((lambda s: s.name == target), (lambda s: s.targets == (target,)),
+                    (lambda s: target in s.targets)):
+        found = [step for step in spec.steps if matches(step)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise DeploystateError(f"{target!r} is deployed by several steps "
+                                   f"({', '.join(s.name for s in found)}); name the step to retry")
     names = ", ".join(s.name for s in spec.steps)
     envs = ", ".join(sorted({e for s in spec.steps for e in s.targets}))
     raise DeploystateError(f"no step or environment {target!r} in spec {spec.name!r}; steps: {names}; "

@@ -1,0 +1,135 @@
+"""Run a GitLab stand-in by hand for a rehearsal (the future ``deploystate sim-gitlab``).
+
+    python -m deploystate_backends.gitlab_standin --port 8929 --speed 60 \\
+        --script gprd=fail-then-succeed --fault error=0.05 --package-tag 13.10.202103011220
+
+Access token (PRIVATE-TOKEN): ``standin-token`` unless ``--token`` says otherwise.  Trigger
+tokens: ``<project>-trigger-token`` (deployer-trigger-token, cng-trigger-token,
+omnibus-trigger-token, release-tools-trigger-token) unless ``--trigger-token`` overrides them.
+Tokens are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import attrs
+
+from deploystate_backends.gitlab_standin.clock import AcceleratedClock, Clock, RealClock
+from deploystate_backends.gitlab_standin.faults import FaultKind, FaultPlan
+from deploystate_backends.gitlab_standin.server import Standin, serve
+from deploystate_backends.gitlab_standin.specs import (
+    CNG,
+    DEFAULT_PROJECTS,
+    DEPLOYER,
+    OMNIBUS,
+    Script,
+)
+from deploystate_backends.gitlab_standin.world import World
+
+_OUTCOMES = {
+    "succeed": Script.succeed(),
+    "fail": Script.fail(),
+    "fail-then-succeed": Script.fail_then_succeed(),
+    "hang": Script.hang(),
+}
+
+
+def parse_outcome(text: str) -> Script:
+    """A named outcome, or statuses per attempt separated by commas (``failed,success``)."""
+    if text in _OUTCOMES:
+        return _OUTCOMES[text]
+    return Script(tuple(s.strip() for s in text.split(",")))
+
+
+def _pair(text: str, what: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"{what} must look like NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploystate_backends.gitlab_standin",
+        description="A GitLab API stand-in for rehearsals: pipelines progress on their own.",
+        epilog="Access token: standin-token. Trigger tokens: deployer-trigger-token, cng-trigger-token, "
+        "omnibus-trigger-token, release-tools-trigger-token (override with the options above).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8929, help="port (default 8929; 0 picks a free one)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="clock speed: 60 turns an hour-long deployment into a minute (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
+    parser.add_argument("--token", action="append", default=[],
+                        help="accepted PRIVATE-TOKEN (repeatable; default standin-token)")
+    parser.add_argument("--trigger-token", action="append", default=[], metavar="PROJECT=TOKEN",
+                        help="trigger token for a project (deployer, cng, omnibus, ...), replacing its own")
+    parser.add_argument("--script", action="append", default=[], metavar="ENV=OUTCOME",
+                        help="deployer outcome for DEPLOY_ENVIRONMENT ENV: succeed, fail, fail-then-succeed, "
+                        "hang, or statuses per attempt like failed,success or waiting_for_callback")
+    parser.add_argument("--deploy-seconds", type=float, default=None,
+                        help="how long the deployer's deploy job runs, in clock seconds (default 3600)")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND=RATE[@ROUTE]",
+                        help="random fault: error, rate_limit, slow, drop or lost_response, with a "
+                        "probability, optionally on one route (trigger, pipeline, pipelines, ...)")
+    parser.add_argument("--package-tag", action="append", default=[], metavar="TAG",
+                        help="seed CNG and Omnibus pipelines for TAG (they appear after --package-delay)")
+    parser.add_argument("--package-delay", type=float, default=0.0,
+                        help="clock seconds before seeded package pipelines appear (default 0)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    return parser
+
+
+def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
+    clock: Clock = RealClock() if args.speed == 1 else AcceleratedClock(args.speed)
+    overrides = dict(_pair(t, "--trigger-token") for t in args.trigger_token)
+    projects = []
+    for spec in DEFAULT_PROJECTS:
+        changed = spec
+        for key, token in overrides.items():
+            if key in (spec.name.casefold(), spec.path.casefold(), str(spec.id), spec.name):
+                changed = attrs.evolve(changed, trigger_tokens=(token,))
+        if spec is DEPLOYER and args.deploy_seconds is not None:
+            changed = attrs.evolve(changed, timing=attrs.evolve(spec.timing, running_s=args.deploy_seconds))
+        projects.append(changed)
+    world = World(projects, clock=clock)
+    for item in args.script:
+        env, outcome = _pair(item, "--script")
+        world.script(DEPLOYER.path, env, outcome=parse_outcome(outcome))
+    faults = FaultPlan(seed=args.seed)
+    for item in args.fault:
+        kind, rate_text = _pair(item, "--fault")
+        rate, _, route = rate_text.partition("@")
+        faults.rate(float(rate), FaultKind(kind), route=route or None)
+    for tag in args.package_tag:
+        for package in (CNG, OMNIBUS):
+            world.seed_pipeline(package.path, tag, after_s=args.package_delay)
+    tokens = frozenset(args.token) if args.token else frozenset({"standin-token"})
+    return world, faults, tokens
+
+
+def _announce(standin: Standin) -> None:
+    print(f"GitLab stand-in on {standin.url} (API {standin.api_url}); Ctrl-C stops it.", flush=True)
+    for spec in standin.world.projects():
+        print(f"  project {spec.id:>3}  {spec.path}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    try:
+        world, faults, tokens = build(args)
+    except (ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announce)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

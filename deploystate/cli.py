@@ -37,7 +37,7 @@ from deploystate.errors import DeploystateError
 from deploystate.journal import MemoryStore, Store, UnknownRollout
 from deploystate.machine import RolloutMachine
 from deploystate.notices import StreamNotifier
-from deploystate.protocols import Backends
+from deploystate.protocols import Backends, Notice
 from deploystate.replay import RolloutView, rebuild
 from deploystate.runner import Runner, RunResult, Stop
 from deploystate.simulation import (
@@ -218,20 +218,40 @@ def _read(store: Store, version: str) -> RolloutView:
     return rebuild(store.read(version))
 
 
-def _recorded_strategy(view: RolloutView, current: Strategy) -> Strategy:
+def _recorded_strategy(view: RolloutView, current: Strategy, stream: TextIO) -> Strategy:
     """A rollout keeps the strategy it was created with; settings changed since do not apply to it."""
     recorded = Strategy.from_mapping(view.settings) if view.settings else current
     if recorded != current:
-        _note(f"rollout {view.rollout_id} keeps the plan it was created with ({recorded.describe()}); "
-              f"the current settings would say: {current.describe()}")
+        print(f"  keeps the plan it was created with: {recorded.describe()}\n"
+              f"  (the current settings would say: {current.describe()})", file=stream, flush=True)
     return recorded
+
+
+class _Progress:
+    """Live progress lines until their reader goes away (``deploystate simulate | head``).
+
+    Then the rest of the output goes to the null device: the rollout itself carries on, and the
+    command still ends with the rollout's exit code.
+    """
+
+    def __init__(self, stream: TextIO, origin: float | None) -> None:
+        self._lines = StreamNotifier(stream, origin=origin)
+        self._stream = stream
+
+    def notify(self, notice: Notice) -> None:
+        try:
+            self._lines.notify(notice)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
 
 
 def _runner(store: Store, backends: Backends, config: Config, *, strategy: Strategy,
             auto_promote: str | None = None, progress: TextIO | None = None,
             origin: float | None = None, checkpoint: Callable[[str], None] | None = None) -> Runner:
     runner_config = attrs.evolve(config.runner_config(auto_promote=auto_promote), strategy=strategy)
-    notifier = StreamNotifier(progress or sys.stdout, origin=origin)
+    notifier = _Progress(progress or sys.stdout, origin)
     return Runner(store, backends, config=runner_config, notifier=notifier, checkpoint=checkpoint)
 
 
@@ -299,7 +319,8 @@ def _simulate(args: argparse.Namespace) -> int:
             # The same command again resumes a rollout (e.g. after its process was killed).
             print(f"resuming rollout {version} from record {existing.seq} "
                   f"({report.situation(existing)})", file=progress, flush=True)
-            runner = _runner(store, backends, config, strategy=_recorded_strategy(existing, strategy),
+            runner = _runner(store, backends, config,
+                             strategy=_recorded_strategy(existing, strategy, progress),
                              auto_promote=auto_promote, progress=progress, origin=existing.created_at,
                              checkpoint=checkpoint)
         result = runner.run(version)
@@ -364,12 +385,14 @@ def _run(args: argparse.Namespace) -> int:
         view = _read(store, version)
         with _configured_backends(config, store_path) as backends:
             print(f"running rollout {version} from record {view.seq} ({report.situation(view)})", flush=True)
-            runner = _runner(store, backends, config, strategy=_recorded_strategy(view, config.strategy),
-                             origin=view.created_at, checkpoint=checkpoint)
+            strategy = _recorded_strategy(view, config.strategy, sys.stdout)
+            runner = _runner(store, backends, config, strategy=strategy, origin=view.created_at,
+                             checkpoint=checkpoint)
             result = runner.run(version)
-    _out(f"{result.message}\n")
-    if result.stop is not Stop.DONE:
-        _out(_next(result.view))
+    if result.stop is Stop.DONE:
+        _out(f"{result.message}\n")
+    else:
+        _out(f"rollout {version} stopped: {report.situation(result.view)}\n{_next(result.view)}")
     return _exit_code(result)
 
 
@@ -438,7 +461,10 @@ def _operate(args: argparse.Namespace, act: Callable[[Runner, str], RolloutView]
             # Operator commands start nothing, so the strategy does not matter here.
             runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at)
             after = act(runner, version)
-    _out(f"{done}; rollout {version} is now {report.situation(after)}\n{_next(after)}")
+    if after.active:
+        _out(f"{done}; rollout {version} is now {report.situation(after)}\n{_next(after)}")
+    else:
+        _out(f"{done}; rollout {version} is {after.status}\n")
     return EXIT_OK
 
 
@@ -491,7 +517,7 @@ def _abort_arguments(parser: argparse.ArgumentParser) -> None:
 def _abort(args: argparse.Namespace) -> int:
     by = _actor(args.by)
     reason = _text(args.reason, "--reason")
-    return _operate(args, lambda runner, v: runner.abort(v, by, reason), f"aborted by {by}")
+    return _operate(args, lambda runner, v: runner.abort(v, by, reason), f"aborted by {by}: {reason}")
 
 
 def _text(value: str, flag: str) -> str:

@@ -20,8 +20,16 @@ from typing import Any
 import pytest
 from deploystate_backends.simulated import World
 
+from deploystate import registry
 from deploystate.cli import main
+from deploystate.config import load_config
 from deploystate.crashpoint import KILL_AT
+from deploystate.journal import MemoryStore
+from deploystate.machine import Phase
+from deploystate.notices import FanOut
+from deploystate.replay import rebuild
+from deploystate.runner import Runner
+from deploystate.spec import default_spec
 
 VERSION = "13.10.202103011220"
 OTHER = "13.10.202103011221"
@@ -94,7 +102,8 @@ def test_simulate_failing_production_exits_1_and_names_it(tmp_path: Path) -> Non
     assert "trigger_gstg " in timeline and "succeeded" in timeline
 
 
-def test_retry_fixes_reaches_done_without_a_second_trigger(tmp_path: Path) -> None:
+def test_retry_fixes_reaches_done_without_a_second_trigger(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "journal.sqlite"
     done = ds("simulate", VERSION, "--retry-fixes", "gstg", "--store", str(store), "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -103,7 +112,7 @@ def test_retry_fixes_reaches_done_without_a_second_trigger(tmp_path: Path) -> No
     assert_each_environment_triggered_once_per_step(summary)
     history = ds("history", VERSION, "--store", str(store), "--json", cwd=tmp_path)
     assert history.returncode == 0, history.stderr
-    records = one_json(history.stdout)
+    records = one_json(history.stdout)  # one JSON array
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert records[0]["action"] == "created" and records[-1]["action"] == "finish"
     gstg = [r["action"] for r in records if r["step"] == "trigger_gstg"]
@@ -112,45 +121,78 @@ def test_retry_fixes_reaches_done_without_a_second_trigger(tmp_path: Path) -> No
     assert all({"at", "at_utc", "actor", "action", "step", "data"} <= set(r) for r in records)
 
 
-def test_start_run_stops_at_promotion_then_promote_and_run_to_done(tmp_path: Path) -> None:
+def sleeps_until_the_bake_runs() -> int:
+    """How many times the runner sleeps before the first sleep inside the bake (default settings).
+
+    Found by running the same rollout in-process with a real runner on the same simulated world:
+    the simulation is deterministic, so the subprocess below reaches the same checkpoints.
+    """
+    store = MemoryStore()
+    backends = registry.create("simulated", {})
+    config = load_config(env={}).runner_config()
+    sleeps: list[bool] = []
+
+    def checkpoint(name: str) -> None:
+        if name == "before-sleep":
+            sleeps.append(rebuild(store.read(VERSION)).phases["baking_time"] is Phase.RUNNING)
+
+    runner = Runner(store, backends, config=config, notifier=FanOut([]), checkpoint=checkpoint)
+    runner.create(VERSION, default_spec())
+    runner.run(VERSION)
+    return sleeps.index(True) + 1
+
+
+def read(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    assert main(argv) == 0
+    return one_json(capsys.readouterr().out)
+
+
+def test_start_run_killed_in_bake_skip_bake_promote_run_to_done(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = str(tmp_path / "journal.sqlite")
     started = ds("start", VERSION, "--store", store, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     assert f"deploystate run {VERSION}" in started.stdout
 
+    killed = ds("run", VERSION, "--store", store, cwd=tmp_path,
+                **{KILL_AT: f"before-sleep:{sleeps_until_the_bake_runs()}"})
+    assert killed.returncode == -signal.SIGKILL
+    detail = read(["status", VERSION, "--store", store, "--json"], capsys)
+    assert {s["name"]: s["phase"] for s in detail["steps"]}["baking_time"] == "running"
+    assert f"deploystate skip-bake {VERSION} --by YOU --reason TEXT" in "\n".join(detail["next"])
+
+    skipped = ds("skip-bake", VERSION, "--by", "dana", "--reason", "incident 1234", "--store", store,
+                 cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
     waiting = ds("run", VERSION, "--store", store, cwd=tmp_path)
     assert waiting.returncode == 1, waiting.stderr
     assert "waiting for promotion" in waiting.stdout
     assert f"deploystate promote {VERSION} --by YOU" in waiting.stdout
-
-    status = ds("status", VERSION, "--store", store, "--json", cwd=tmp_path)
-    detail = one_json(status.stdout)
+    detail = read(["status", VERSION, "--store", store, "--json"], capsys)
     phases = {s["name"]: s["phase"] for s in detail["steps"]}
     assert detail["situation"] == "waiting for promotion"
     assert phases["manual_promotion"] == "running" and phases["trigger_gprd"] == "pending"
-    assert phases["baking_time"] == "succeeded"
 
     promoted = ds("promote", VERSION, "--by", "alice", "--reason", "checks green", "--store", store,
                   cwd=tmp_path)
     assert promoted.returncode == 0, promoted.stderr
     assert "promoted by alice" in promoted.stdout
-
     finished = ds("run", VERSION, "--store", store, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert f"rollout {VERSION} is done" in finished.stdout
 
-    listing = ds("status", "--store", store, "--json", cwd=tmp_path)
-    assert [(r["rollout"], r["status"]) for r in one_json(listing.stdout)] == [(VERSION, "done")]
-    records = one_json(ds("history", VERSION, "--store", store, "--json", cwd=tmp_path).stdout)
-    promotion = [r for r in records if r["step"] == "manual_promotion" and r["action"] == "succeed"]
-    assert [(r["actor"], r["data"]) for r in promotion] == [
-        ("alice", {"by": "alice", "reason": "checks green"})]
+    listing = read(["status", "--store", store, "--json"], capsys)
+    assert [(r["rollout"], r["status"]) for r in listing] == [(VERSION, "done")]
+    records = read(["history", VERSION, "--store", store, "--json"], capsys)
+    gates = [(r["step"], r["action"], r["actor"], r["data"]) for r in records if r["actor"] != "deploystate"]
+    assert gates == [("baking_time", "skip", "dana", {"by": "dana", "reason": "incident 1234"}),
+                     ("manual_promotion", "succeed", "alice", {"by": "alice", "reason": "checks green"})]
     with World.open(Path(store + ".sim"), create=False) as world:
         for environment in ENVIRONMENTS:
             assert world.trigger_count(environment, alone=True) == 1, environment
 
 
-def test_retry_after_a_failure_then_abort(tmp_path: Path) -> None:
+def test_retry_after_a_failure_then_abort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = str(tmp_path / "journal.sqlite")
     failed = ds("simulate", VERSION, "--fail", "gstg", "--store", store, cwd=tmp_path)
     assert failed.returncode == 1, failed.stderr
@@ -168,11 +210,11 @@ def test_retry_after_a_failure_then_abort(tmp_path: Path) -> None:
     after = ds("run", VERSION, "--store", store, cwd=tmp_path)
     assert after.returncode == 1 and "aborted: gstg is broken" in after.stdout
 
-    records = one_json(ds("history", VERSION, "--store", store, "--json", cwd=tmp_path).stdout)
+    records = read(["history", VERSION, "--store", store, "--json"], capsys)
     assert [(r["actor"], r["step"]) for r in records if r["action"] == "retry"] == [("bob", "trigger_gstg")]
     assert [(r["actor"], r["data"]["reason"]) for r in records if r["action"] == "abort"] == [
         ("carol", "gstg is broken")]
-    detail = one_json(ds("status", VERSION, "--store", store, "--json", cwd=tmp_path).stdout)
+    detail = read(["status", VERSION, "--store", store, "--json"], capsys)
     gstg = next(s for s in detail["steps"] if s["name"] == "trigger_gstg")
     assert detail["status"] == "aborted" and gstg["attempts"] == 2 and gstg["triggers"] == 2
     with World.open(Path(store + ".sim"), create=False) as world:

@@ -319,6 +319,9 @@ def _simulate(args: argparse.Namespace) -> int:
             # The same command again resumes a rollout (e.g. after its process was killed).
             print(f"resuming rollout {version} from record {existing.seq} "
                   f"({report.situation(existing)})", file=progress, flush=True)
+            if args.spec is not None and spec != existing.spec:
+                print(f"  keeps the spec it was created with ({existing.spec.name}), not {args.spec}",
+                      file=progress, flush=True)
             runner = _runner(store, backends, config,
                              strategy=_recorded_strategy(existing, strategy, progress),
                              auto_promote=auto_promote, progress=progress, origin=existing.created_at,

@@ -284,6 +284,22 @@ def test_history_text_has_one_line_per_record(store: Path, capsys: pytest.Captur
     assert any(" fail " in line and "trigger_gstg" in line for line in lines)
 
 
+def test_simulate_individual_deployments_swaps_the_real_path(capsys: pytest.CaptureFixture[str]) -> None:
+    summary = read(["simulate", VERSION, "--individual-deployments", "--seed", "3", "--json"], capsys)
+    assert summary["settings"]["individual_deployments"] is True
+    refs = {s["name"]: s["ref"] for s in summary["steps"] if s["environments"]}
+    assert refs == {"trigger_gstg": "master", "trigger_cny": "master", "trigger_gprd": "master",
+                    "trigger_complete_deployment": "next-gen"}
+    assert "seed 3" in summary["backend"]
+
+
+def test_simulate_resumes_with_the_journals_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "journal.sqlite")
+    first = read(["simulate", VERSION, "--store", store, "--json"], capsys)
+    again = read(["simulate", VERSION, "--store", store, "--spec", "reordered", "--json"], capsys)
+    assert first["spec"] == again["spec"] == "seed" and again["records"] == first["records"]
+
+
 # -- in-process: errors are one line, exit 2, and change nothing ------------------------------
 
 

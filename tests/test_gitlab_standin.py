@@ -110,6 +110,7 @@ def test_trigger_refusals_look_like_gitlabs_and_create_nothing(gitlab_standin, g
                             json={"variables": {}}, timeout=5)
 
     assert (wrong_token.value.response_code, wrong_token.value.error_message) == (404, "404 Not Found")
+    assert gitlab_standin.counters().trigger_requests_by_env == {"": 3}
     assert not_strings.value.response_code == 400
     assert (missing.status_code, missing.json()) == (400, {"error": "ref is missing, token is missing"})
     assert gitlab_standin.counters().pipelines_created == 0
@@ -509,7 +510,8 @@ def test_a_slow_answer_times_out_in_the_client(gitlab_standin):
 
     with pytest.raises(requests.exceptions.ReadTimeout):
         impatient.projects.get(DEPLOYER.id)
-    assert impatient.projects.get(DEPLOYER.id).id == DEPLOYER.id
+    assert make_client(gitlab_standin).projects.get(DEPLOYER.id).id == DEPLOYER.id
+    assert gitlab_standin.counters().faults == {("slow", "project"): 1}
 
 
 def test_a_dropped_connection_is_a_connection_error_unless_retried(gitlab_standin, recorded_sleeps):
@@ -596,6 +598,14 @@ def test_concurrent_triggers_are_all_counted_once(gitlab_standin):
     assert counts.pipelines_by_project == {DEPLOYER_PATH: 30}
 
 
+def test_stopping_a_stand_in_that_never_started_returns():
+    standin = Standin(World(clock=VirtualClock()))
+    stopper = threading.Thread(target=standin.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()
+
+
 def test_stop_cuts_slow_answers_and_frees_the_port():
     standin = Standin(World(clock=VirtualClock())).start()
     standin.faults.next(1, "slow", route="project", delay_s=60)
@@ -603,7 +613,7 @@ def test_stop_cuts_slow_answers_and_frees_the_port():
         make_client(standin, timeout=0.2).projects.get(DEPLOYER.id)
     host, port = standin.url.removeprefix("http://").split(":")
 
-    stopper = threading.Thread(target=standin.stop)
+    stopper = threading.Thread(target=standin.stop, daemon=True)
     stopper.start()
     stopper.join(timeout=10)
 
@@ -620,7 +630,8 @@ def test_serve_blocks_until_stopped():
         box.append(standin)
         ready.set()
 
-    thread = threading.Thread(target=serve, kwargs={"world": World(clock=VirtualClock()), "ready": on_ready})
+    thread = threading.Thread(target=serve, kwargs={"world": World(clock=VirtualClock()), "ready": on_ready},
+                              daemon=True)
     thread.start()
     assert ready.wait(10)
     standin = box[0]

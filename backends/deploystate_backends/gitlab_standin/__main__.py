@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import attrs
 
@@ -127,8 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a rehearsal as cleanly as Ctrl-C
     serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announce)
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ class Api:
         merged.update(_body_params(request))
         if "ref" in params:
             merged["ref"] = params["ref"]
+        variables = merged.get("variables") or {}
+        environment = variables.get(ENVIRONMENT_VARIABLE, "") if isinstance(variables, dict) else ""
+        self.world.counters.trigger_request(environment if isinstance(environment, str) else "")
         problems = []
         for name in ("ref", "token"):
             if merged.get(name) is None:
@@ -308,12 +311,10 @@ class Api:
                 problems.append(f"{name} is empty")
         if problems:
             raise ApiError(400, {"error": ", ".join(problems)})
-        variables = merged.get("variables") or {}
         if not isinstance(variables, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
         ):
             raise _message(400, "variables needs to be a map of key-valued strings")
-        self.world.counters.trigger_request(variables.get(ENVIRONMENT_VARIABLE, ""))
         spec = self.world.project(params["project"])
         if spec is None or merged["token"] not in spec.trigger_tokens:
             # GitLab does not tell a wrong token from a missing project: both are 404.

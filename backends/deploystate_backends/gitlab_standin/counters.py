@@ -17,7 +17,7 @@ class CountersSnapshot:
 
     requests: dict[tuple[str, str], int]  # (method, route) -> count, faulted requests included
     faults: dict[tuple[str, str], int]  # (fault kind, route) -> count
-    trigger_requests_by_env: dict[str, int]  # trigger requests that reached the application
+    trigger_requests_by_env: dict[str, int]  # trigger requests past the faults, valid or not
     triggered_pipelines_by_env: dict[str, int]  # pipelines created by a trigger
     pipelines_by_project: dict[str, int]  # every pipeline created, by project path
 

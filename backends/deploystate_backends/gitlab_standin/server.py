@@ -199,6 +199,7 @@ class Standin:
         self._httpd = _Server((host, port), _Handler)
         self._httpd.standin = self
         self._thread: threading.Thread | None = None
+        self._serving = False  # shutdown() would wait forever for a loop that never ran
 
     @property
     def url(self) -> str:
@@ -222,6 +223,7 @@ class Standin:
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until ``stop()`` is called from another thread."""
+        self._serving = True
         logger.info("GitLab stand-in listening on %s", self.url)
         # A short poll keeps stop() quick: tests start and stop a server each.
         self._httpd.serve_forever(poll_interval=0.05)
@@ -229,7 +231,8 @@ class Standin:
     def stop(self) -> None:
         """Stop serving, cut open connections (and slow answers), release the port."""
         self._stopping.set()
-        self._httpd.shutdown()
+        if self._serving:
+            self._httpd.shutdown()
         with self._connections_lock:
             for conn in list(self._connections):
                 with contextlib.suppress(OSError):

@@ -34,8 +34,8 @@ def notice_for(record: Record) -> Notice:
     action = record.action
     severity = "info"
     if action == "created":
-        message = (f"rollout {record.rollout_id} created (spec {data.get('spec', {}).get('name')}; "
-                   f"{data.get('plan', '')})")
+        message = (f"rollout {record.rollout_id} created with spec {data.get('spec', {}).get('name')}: "
+                   f"{data.get('plan', '')}")
     elif action == "start":
         if data.get("key"):
             where = ",".join(data.get("environments", ()))

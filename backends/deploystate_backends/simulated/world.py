@@ -109,6 +109,7 @@ class World:
         self.path = path
         self.scenario = scenario
         self.clock = VirtualClock(store=self)
+        self._timelines: dict[tuple[TriggerRecord, tuple[Act, ...]], list[Piece]] = {}
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -245,15 +246,23 @@ class World:
     def _deployment(self, record: TriggerRecord, acts: Sequence[Act], now: float) -> Deployment:
         pieces = self._timeline(record, acts)
         piece = status_at(pieces, now)
-        started = next((p.at for p in pieces if p.status not in QUEUED and p.at <= now), None)
+        # A pipeline canceled while still queued never started.
+        started = next((p.at for p in pieces if p.status not in QUEUED and p.at <= now
+                        and p.status != "canceled"), None)
         return Deployment(id=record.id, key=record.key, status=piece.status,
                           outcome=outcome_of(piece.status),
                           web_url=f"{WEB}/deployer/-/pipelines/{record.id}", started_at=started,
                           finished_at=piece.at if piece.status in TERMINAL else None)
 
     def _timeline(self, record: TriggerRecord, acts: Sequence[Act]) -> list[Piece]:
-        segments = self.scenario.segments(record.version, record.environments)
-        return deployment_timeline(record.at, segments, acts, self.scenario)
+        # A timeline depends only on the (append-only) record, so it is computed once per change.
+        cache_key = (record, tuple(acts))
+        pieces = self._timelines.get(cache_key)
+        if pieces is None:
+            segments = self.scenario.segments(record.version, record.environments)
+            pieces = self._timelines[cache_key] = deployment_timeline(record.at, segments, acts,
+                                                                      self.scenario)
+        return pieces
 
     # -- package builds -------------------------------------------------------------------------
     def build(self, package: str, version: str) -> PackageBuild:

@@ -24,6 +24,7 @@ from deploystate_backends.gitlab_standin.specs import (
     Script,
     Timing,
 )
+from deploystate_backends.gitlab_standin.tags import Tag, package_tags, seed_package_builds
 from deploystate_backends.gitlab_standin.world import Job, Pipeline, Seed, Variable, World
 
 __all__ = [
@@ -48,9 +49,12 @@ __all__ = [
     "Script",
     "Seed",
     "Standin",
+    "Tag",
     "Timing",
     "Variable",
     "VirtualClock",
     "World",
+    "package_tags",
+    "seed_package_builds",
     "serve",
 ]

@@ -1,7 +1,13 @@
-"""Run a GitLab stand-in by hand for a rehearsal (the future ``deploystate sim-gitlab``).
+"""Run a GitLab stand-in by hand for a rehearsal (also ``deploystate sim-gitlab``).
 
     python -m deploystate_backends.gitlab_standin --port 8929 --speed 60 \\
-        --script gprd=fail-then-succeed --fault error=0.05 --package-tag 13.10.202103011220
+        --script gprd=fail-then-succeed --fault error=0.05 --auto-deploy 13.10.202103011220
+
+``--auto-deploy VERSION`` seeds the CNG and Omnibus package builds of that auto-deploy version,
+on their package tags (``VERSION+<sha12>`` and ``VERSION+<sha12>.<sha12>``); ``--package-tag``
+seeds pipelines on a ref exactly as given.  With ``--speed`` other than 1 the stand-in's time is
+``anchor + (wall clock - anchor) * speed``; a deploystate rehearsal given the same speed and
+anchor (``clock_speed``, ``clock_anchor``) shares that time.
 
 Access token (PRIVATE-TOKEN): ``standin-token`` unless ``--token`` says otherwise.  Trigger
 tokens: ``<project>-trigger-token`` (deployer-trigger-token, cng-trigger-token,
@@ -15,7 +21,8 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import attrs
@@ -30,6 +37,7 @@ from deploystate_backends.gitlab_standin.specs import (
     OMNIBUS,
     Script,
 )
+from deploystate_backends.gitlab_standin.tags import package_tags, seed_package_builds
 from deploystate_backends.gitlab_standin.world import World
 
 _OUTCOMES = {
@@ -54,9 +62,9 @@ def _pair(text: str, what: str) -> tuple[str, str]:
     return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m deploystate_backends.gitlab_standin") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m deploystate_backends.gitlab_standin",
+        prog=prog,
         description="A GitLab API stand-in for rehearsals: pipelines progress on their own.",
         epilog="Access token: standin-token. Trigger tokens: deployer-trigger-token, cng-trigger-token, "
         "omnibus-trigger-token, release-tools-trigger-token (override with the options above).",
@@ -65,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8929, help="port (default 8929; 0 picks a free one)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="clock speed: 60 turns an hour-long deployment into a minute (default 1)")
+    parser.add_argument("--anchor", type=float, default=None, metavar="EPOCH",
+                        help="with --speed: the wall-clock moment (Unix seconds) where stand-in time equals "
+                        "wall-clock time (default: now)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
     parser.add_argument("--token", action="append", default=[],
                         help="accepted PRIVATE-TOKEN (repeatable; default standin-token)")
@@ -78,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=RATE[@ROUTE]",
                         help="random fault: error, rate_limit, slow, drop or lost_response, with a "
                         "probability, optionally on one route (trigger, pipeline, pipelines, ...)")
+    parser.add_argument("--auto-deploy", action="append", default=[], metavar="VERSION",
+                        help="seed CNG and Omnibus pipelines on the package tags of auto-deploy VERSION "
+                        "(they appear after --package-delay)")
     parser.add_argument("--package-tag", action="append", default=[], metavar="TAG",
                         help="seed CNG and Omnibus pipelines for TAG (they appear after --package-delay)")
     parser.add_argument("--package-delay", type=float, default=0.0,
@@ -87,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
-    clock: Clock = RealClock() if args.speed == 1 else AcceleratedClock(args.speed)
+    if args.speed <= 0:
+        raise ValueError(f"--speed must be positive, got {args.speed}")
+    if args.anchor is None:
+        args.anchor = float(int(time.time()))
+    # Anchored, so that another process computing anchor + (wall - anchor) * speed agrees.
+    clock: Clock = RealClock() if args.speed == 1 else AcceleratedClock(
+        args.speed, start=args.anchor + (time.time() - args.anchor) * args.speed)
     overrides = dict(_pair(t, "--trigger-token") for t in args.trigger_token)
     projects = []
     for spec in DEFAULT_PROJECTS:
@@ -107,6 +127,8 @@ def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
         kind, rate_text = _pair(item, "--fault")
         rate, _, route = rate_text.partition("@")
         faults.rate(float(rate), FaultKind(kind), route=route or None)
+    for version in args.auto_deploy:
+        seed_package_builds(world, version, after_s=args.package_delay)
     for tag in args.package_tag:
         for package in (CNG, OMNIBUS):
             world.seed_pipeline(package.path, tag, after_s=args.package_delay)
@@ -114,14 +136,29 @@ def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
     return world, faults, tokens
 
 
-def _announce(standin: Standin) -> None:
-    print(f"GitLab stand-in on {standin.url} (API {standin.api_url}); Ctrl-C stops it.", flush=True)
-    for spec in standin.world.projects():
-        print(f"  project {spec.id:>3}  {spec.path}", flush=True)
+def _announcer(args: argparse.Namespace) -> Callable[[Standin], None]:
+    def announce(standin: Standin) -> None:
+        lines = [f"GitLab stand-in on {standin.url} (API {standin.api_url}); Ctrl-C stops it."]
+        lines += [f"  project {spec.id:>3}  {spec.path}" for spec in standin.world.projects()]
+        for version in args.auto_deploy:
+            cng, omnibus = package_tags(version)
+            lines.append(f"  {version}: package tags {cng} (CNG), {omnibus} (Omnibus)")
+        lines += ["For deploystate.toml:", "  [backends.gitlab]", f'  url = "{standin.url}"',
+                  f'  deployer_project = "{DEPLOYER.path}"', f'  cng_project = "{CNG.path}"',
+                  f'  omnibus_project = "{OMNIBUS.path}"']
+        if args.speed != 1:
+            lines += [f"  clock_speed = {args.speed}", f"  clock_anchor = {args.anchor}"]
+        if args.token or args.trigger_token:
+            lines.append("Tokens: the ones given with --token and --trigger-token (never printed)")
+        else:  # the stand-in's public defaults, not secrets
+            lines.append("Tokens: export GITLAB_API_TOKEN=standin-token "
+                         "DEPLOYER_TRIGGER_TOKEN=deployer-trigger-token")
+        print("\n".join(lines), flush=True)
+    return announce
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     try:
@@ -130,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a rehearsal as cleanly as Ctrl-C
-    serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announce)
+    serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announcer(args))
     return 0
 
 

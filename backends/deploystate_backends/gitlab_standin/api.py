@@ -27,6 +27,8 @@ from deploystate_backends.gitlab_standin.specs import (
     TERMINAL_STATUSES,
     ProjectSpec,
 )
+from deploystate_backends.gitlab_standin.tags import ORDER_BY as TAG_ORDER_BY
+from deploystate_backends.gitlab_standin.tags import find_tags, render_tag
 from deploystate_backends.gitlab_standin.world import ENVIRONMENT_VARIABLE, Job, Pipeline, World
 
 Query = Mapping[str, Sequence[str]]
@@ -224,6 +226,7 @@ class Api:
             Route("job_play", "POST", re.compile(_JOB + "/play"), Api._job_play),
             Route("job_retry", "POST", re.compile(_JOB + "/retry"), Api._job_retry),
             Route("job_cancel", "POST", re.compile(_JOB + "/cancel"), Api._job_cancel),
+            Route("tags", "GET", re.compile(_PROJECT + "/repository/tags"), Api._tags),
         )
 
     # --- dispatch ------------------------------------------------------------------------
@@ -435,3 +438,15 @@ class Api:
         job = self._find_job(params)
         self.world.cancel_job(job)
         return Response(201, r.job(job))
+
+    def _tags(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        spec = self._find_project(params)
+        q = request.query
+        order_by, sort = _single(q, "order_by") or "updated", _single(q, "sort") or "desc"
+        if order_by not in TAG_ORDER_BY:
+            raise _invalid("order_by", "does not have a valid value")
+        if sort not in ("asc", "desc"):
+            raise _invalid("sort", "does not have a valid value")
+        found = find_tags(self.world, spec, search=_single(q, "search"), order_by=order_by, sort=sort)
+        chunk, headers = self._page(found, request)
+        return Response(200, [render_tag(t, r.base_url, spec, self.world.user) for t in chunk], headers)

@@ -13,9 +13,12 @@ from deploystate.protocols import Backends
 from deploystate_backends.gitlab.client import connect
 from deploystate_backends.gitlab.deployer import GitLabDeployer
 from deploystate_backends.gitlab.packages import GitLabPackages
+from deploystate_backends.gitlab.rehearsal import RehearsalClock
 from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
 
-__all__ = ["GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError", "create"]
+__all__ = [
+    "GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError", "RehearsalClock", "create",
+]
 
 
 def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None) -> Backends:
@@ -27,5 +30,8 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
     gl = connect(parsed, api_token)
     packages = GitLabPackages(gl, parsed, secrets)
     deployer = GitLabDeployer(gl, parsed, trigger_token, packages, secrets)
-    return Backends(deployer=deployer, packages=packages, clock=SystemClock(),
-                    description=f"gitlab {parsed.url} deployer {parsed.deployer_project}")
+    clock = SystemClock() if parsed.clock_anchor is None or parsed.clock_speed == 1 else RehearsalClock(
+        parsed.clock_speed, parsed.clock_anchor)
+    rehearsal = f" (rehearsal clock x{parsed.clock_speed:g})" if isinstance(clock, RehearsalClock) else ""
+    return Backends(deployer=deployer, packages=packages, clock=clock,
+                    description=f"gitlab {parsed.url} deployer {parsed.deployer_project}{rehearsal}")

@@ -26,23 +26,32 @@ T = TypeVar("T")
 
 
 def connect(settings: GitLabSettings, api_token: str) -> gitlab.Gitlab:
+    # Every request keeps python-gitlab's obey_rate_limit: after 429 it waits for Retry-After and
+    # sends again; GitLab refused that request before doing anything, so even a trigger is safe.
     return gitlab.Gitlab(settings.url, private_token=api_token, timeout=settings.timeout_s,
                          retry_transient_errors=False, keep_base_url=True)
 
 
-def translate(error: Exception, what: str, secrets: Sequence[str] = ()) -> BackendError:
-    """A BackendError saying what failed; transient when trying again later may help."""
+def translate(error: Exception, what: str, secrets: Sequence[str] = (),
+              not_found: str | None = None) -> BackendError:
+    """A BackendError saying what failed; transient when trying again later may help.
+
+    ``not_found`` replaces the advice given for a 404 (a trigger's 404 means a wrong token).
+    """
     if isinstance(error, gitlab.exceptions.GitlabAuthenticationError):
         return BackendError(f"{what}: GitLab refused the credentials (401); check the token's "
                             "environment variable and its scopes", transient=False)
     if isinstance(error, gitlab.exceptions.GitlabError):
         code = error.response_code
         detail = _scrub(str(error.error_message or ""), secrets)[:200]
-        if code is None or code >= 500 or code == 429:
-            return BackendError(f"{what}: GitLab answered {code or 'badly'} ({detail})", transient=True)
+        if code is None:
+            return BackendError(f"{what}: GitLab's answer could not be read ({detail})", transient=True)
+        if code >= 500 or code == 429:
+            return BackendError(f"{what}: GitLab answered {code} ({detail})", transient=True)
         if code == 404:
-            return BackendError(f"{what}: not found (404); check the project path or id in "
-                                "[backends.gitlab] and that the token can see it", transient=False)
+            return BackendError(f"{what}: not found (404); " + (
+                not_found or "check the project path or id in [backends.gitlab] and that the API token "
+                "can see it"), transient=False)
         if code == 403:
             return BackendError(f"{what}: forbidden (403); the token lacks permission", transient=False)
         return BackendError(f"{what}: GitLab refused the request ({code}: {detail})", transient=False)
@@ -50,7 +59,9 @@ def translate(error: Exception, what: str, secrets: Sequence[str] = ()) -> Backe
         return BackendError(f"{what}: GitLab did not answer in time", transient=True)
     if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return BackendError(f"{what}: connection to GitLab failed or was dropped", transient=True)
-    raise error
+    # Anything else requests refuses (a malformed URL, redirects without end) will not mend itself.
+    return BackendError(f"{what}: the request to GitLab failed ({type(error).__name__}); check "
+                        "[backends.gitlab] url", transient=False)
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -63,12 +74,12 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 _TRANSLATED = (gitlab.exceptions.GitlabError, requests.exceptions.RequestException)
 
 
-def once(call: Callable[[], T], what: str, secrets: Sequence[str] = ()) -> T:
+def once(call: Callable[[], T], what: str, secrets: Sequence[str] = (), not_found: str | None = None) -> T:
     """One attempt; errors become BackendError.  For triggers, which must not be repeated here."""
     try:
         return call()
     except _TRANSLATED as error:
-        raise translate(error, what, secrets) from None
+        raise translate(error, what, secrets, not_found) from None
 
 
 def read(call: Callable[[], T], what: str, settings: GitLabSettings, secrets: Sequence[str] = (),
@@ -84,4 +95,4 @@ def read(call: Callable[[], T], what: str, settings: GitLabSettings, secrets: Se
                 raise translated from None
         sleep(min(settings.max_backoff_s, delay) * random.uniform(0.5, 1.0))
         delay *= 2
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the last attempt returns or raises")

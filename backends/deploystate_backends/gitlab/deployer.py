@@ -56,9 +56,12 @@ class GitLabDeployer:
             self._settings.key_variable: request.key,
         }
         what = f"triggering {','.join(request.environments)} at {request.ref}"
+        # GitLab answers a wrong trigger token with 404, exactly as a missing project.
+        not_found = (f"check the trigger token in ${self._settings.trigger_token_env} and deployer_project "
+                     f"{self._settings.deployer_project!r} in [backends.gitlab]")
         pipeline: Any = client.once(
             lambda: self._project.trigger_pipeline(request.ref, self._token, variables=variables),
-            what, self._secrets)
+            what, self._secrets, not_found)
         self._keys[str(pipeline.id)] = request.key
         return self._deployment(pipeline.attributes, request.key)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import gitlab
 
-from deploystate.protocols import Outcome, PackageBuild
+from deploystate.protocols import BackendError, Outcome, PackageBuild
 from deploystate_backends.gitlab import client
 from deploystate_backends.gitlab.settings import GitLabSettings
 from deploystate_backends.gitlab.statuses import outcome
@@ -42,7 +42,9 @@ class GitLabPackages:
 
     def status(self, package: str, version: str) -> PackageBuild:
         if package not in self.projects:
-            raise ValueError(f"unknown package {package!r}; expected cng or omnibus")
+            raise BackendError(f"no project for package {package!r}: the GitLab backend watches "
+                               f"{' and '.join(self.projects)} builds; fix the spec's package_wait step",
+                               transient=False)
         tag = self.tag(package, version)
         if tag is None:
             return PackageBuild(package, version, "missing", Outcome.MISSING)

@@ -6,8 +6,10 @@ the values are read once, kept out of every message, and sent only to GitLab.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,10 +19,16 @@ from deploystate.errors import DeploystateError
 
 _PROJECT = re.compile(r"^(\d+|[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+)$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+REQUIRED = ("url", "deployer_project", "cng_project", "omnibus_project")
 
 
 class GitLabSettingsError(DeploystateError):
     pass
+
+
+def _project_text(value: object) -> object:
+    # TOML has integers: `deployer_project = 123` means the project with id 123.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _project(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -41,27 +49,65 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) 
                                   f"got {value!r}")
 
 
+def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GitLabSettingsError(f"[backends.gitlab] {attribute.name} must be a whole number >= 1, "
+                                  f"got {value!r}")
+
+
 def _url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
         raise GitLabSettingsError(f"[backends.gitlab] url = {value!r} is not an http(s) URL, e.g. "
                                   "https://gitlab.example.com")
 
 
+def _anchor(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise GitLabSettingsError(f"[backends.gitlab] clock_anchor must be a Unix time in seconds, "
+                                  f"got {value!r}")
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @attrs.frozen
 class GitLabSettings:
     url: str = attrs.field(validator=_url)
-    deployer_project: str = attrs.field(validator=_project)
-    cng_project: str = attrs.field(validator=_project)
-    omnibus_project: str = attrs.field(validator=_project)
+    deployer_project: str = attrs.field(converter=_project_text, validator=_project)
+    cng_project: str = attrs.field(converter=_project_text, validator=_project)
+    omnibus_project: str = attrs.field(converter=_project_text, validator=_project)
     trigger_token_env: str = attrs.field(default="DEPLOYER_TRIGGER_TOKEN", validator=_env_name)
     api_token_env: str = attrs.field(default="GITLAB_API_TOKEN", validator=_env_name)
     timeout_s: float = attrs.field(default=15.0, validator=_positive)
-    read_attempts: int = attrs.field(default=4, validator=_positive)
+    read_attempts: int = attrs.field(default=4, validator=_count)
     backoff_s: float = attrs.field(default=0.5, validator=_positive)
     max_backoff_s: float = attrs.field(default=30.0, validator=_positive)
     # How many of the deployer's newest triggered pipelines are searched for an idempotency key.
-    find_depth: int = attrs.field(default=50, validator=_positive)
+    find_depth: int = attrs.field(default=50, validator=_count)
     key_variable: str = attrs.field(default="DEPLOYSTATE_KEY", validator=_env_name)
+    # Rehearsals against a stand-in only: time runs clock_speed times faster than the wall clock,
+    # anchored where both agree, exactly as the stand-in's --speed and --anchor.
+    clock_speed: float = attrs.field(default=1.0, validator=_positive)
+    clock_anchor: float | None = attrs.field(default=None, validator=_anchor)
+
+    def __attrs_post_init__(self) -> None:
+        if self.clock_speed == 1:
+            return
+        # A fast clock shortens the bake, a safety gate: never against a real GitLab.
+        if not is_loopback(self.url):
+            raise GitLabSettingsError(f"[backends.gitlab] clock_speed = {self.clock_speed} is for "
+                                      "rehearsals against a local stand-in (a loopback url); remove it "
+                                      "for a real GitLab")
+        if self.clock_anchor is None:
+            raise GitLabSettingsError("[backends.gitlab] clock_speed needs clock_anchor, the stand-in's "
+                                      "anchor (`deploystate sim-gitlab` prints both)")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> GitLabSettings:
@@ -70,8 +116,7 @@ class GitLabSettings:
         if unknown:
             raise GitLabSettingsError(f"[backends.gitlab] unknown setting(s) {sorted(unknown)}; known: "
                                       f"{', '.join(sorted(known))}")
-        missing = [name for name in ("url", "deployer_project", "cng_project", "omnibus_project")
-                   if name not in raw]
+        missing = [name for name in REQUIRED if name not in raw]
         if missing:
             raise GitLabSettingsError(f"[backends.gitlab] is missing {', '.join(missing)}; see README, "
                                       "'Running against GitLab'")
@@ -82,6 +127,8 @@ class GitLabSettings:
         name = self.trigger_token_env if which == "trigger" else self.api_token_env
         value = (os.environ if env is None else env).get(name, "")
         if not value.strip():
-            raise GitLabSettingsError(f"environment variable {name} is not set; it must hold the GitLab "
-                                      f"{'pipeline trigger' if which == 'trigger' else 'API'} token")
+            kind = "pipeline trigger token of the deployer project" if which == "trigger" else "API token"
+            state = "is empty" if name in (os.environ if env is None else env) else "is not set"
+            raise GitLabSettingsError(f"environment variable {name} {state}; it must hold the GitLab {kind} "
+                                      f"([backends.gitlab] {which}_token_env names it)")
         return value.strip()

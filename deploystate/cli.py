@@ -523,6 +523,31 @@ def _abort(args: argparse.Namespace) -> int:
     return _operate(args, lambda runner, v: runner.abort(v, by, reason), f"aborted by {by}: {reason}")
 
 
+# -- sim-gitlab --------------------------------------------------------------------------------
+
+SIM_GITLAB = "sim-gitlab"
+
+
+def _sim_gitlab_arguments(parser: argparse.ArgumentParser) -> None:
+    # Only for the command list: main() hands everything after `sim-gitlab` to the stand-in,
+    # whose own parser knows its options (`deploystate sim-gitlab --help`).
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the stand-in's options")
+
+
+def _sim_gitlab(args: argparse.Namespace) -> int:
+    return _run_sim_gitlab(args.options)
+
+
+def _run_sim_gitlab(argv: Sequence[str]) -> int:
+    # Imported here: the core knows no adapter, and other commands should not pay for a server.
+    try:
+        from deploystate_backends.gitlab_standin.__main__ import main as standin_main
+    except ImportError as error:
+        raise DeploystateError(f"the GitLab stand-in cannot be loaded ({error}); install deploystate "
+                               "with its backends") from None
+    return standin_main(list(argv), prog=f"{PROG} {SIM_GITLAB}")
+
+
 def _text(value: str, flag: str) -> str:
     if not value.strip():
         raise UsageError(f"{flag} is empty; say why")
@@ -544,6 +569,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("history", "every journal record of a rollout", _history_arguments, _history),
     Command("diagram", "print the pipeline as a Mermaid or Graphviz diagram, or refresh diagrams/",
             _diagram_arguments, _diagram),
+    Command(SIM_GITLAB, "serve a GitLab API stand-in on loopback to rehearse rollouts against "
+            "(see `deploystate sim-gitlab --help`)", _sim_gitlab_arguments, _sim_gitlab),
 )
 
 
@@ -575,7 +602,10 @@ def _one_line(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code instead of exiting."""
     try:
-        args = build_parser().parse_args(argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        if given[:1] == [SIM_GITLAB]:
+            return _run_sim_gitlab(given[1:])
+        args = build_parser().parse_args(given)
         code: int = args.run(args)
         sys.stdout.flush()
         return code

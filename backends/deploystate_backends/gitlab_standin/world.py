@@ -19,7 +19,7 @@ import itertools
 import string
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -196,10 +196,24 @@ class World:
         self._heap: list[tuple[float, int, str, int, int]] = []
         self._rules: list[_Rule] = []
         self._seeds: list[Seed] = []
+        self._observers: list[Callable[[Pipeline, float], None]] = []
         for spec in projects:
             self.add_project(spec)
 
     # --- projects and scripts ---------------------------------------------------------
+
+    def observe(self, callback: Callable[[Pipeline, float], None]) -> None:
+        """Call ``callback(pipeline, at)`` when a pipeline is created and on every status change.
+
+        It runs under ``lock`` at the moment of the change (``at`` may lie before ``now()``
+        when nobody looked for a while): read what you need at once and return quickly.
+        """
+        with self.lock:
+            self._observers.append(callback)
+
+    def _changed(self, pipeline: Pipeline, at: float) -> None:
+        for callback in self._observers:
+            callback(pipeline, at)
 
     def add_project(self, spec: ProjectSpec) -> None:
         with self.lock:
@@ -419,6 +433,7 @@ class World:
             pipeline.jobs.append(job)
             self._jobs[job.id] = job
         self._pipelines[pipeline.id] = pipeline
+        self._changed(pipeline, at)
         self.counters.pipeline_created(spec.path, source, values.get(ENVIRONMENT_VARIABLE, ""))
         self._process(pipeline, at)
         return pipeline
@@ -569,6 +584,7 @@ class World:
             pipeline.finished_at = at
             if pipeline.started_at is not None:
                 pipeline.duration = int(at - pipeline.started_at)
+        self._changed(pipeline, at)
         if pipeline.upstream_bridge_id is not None:
             self._mirror(self._jobs[pipeline.upstream_bridge_id], pipeline, at)
 

@@ -115,8 +115,8 @@ class _Memory(Generic[V]):
                 if before is not None and not hooked and before.value.outcome != value.outcome:
                     self.stats.missed_hooks += 1
                     logger.warning("%s %s became %s with no webhook announcing it; check that the project's "
-                                   "Pipeline Hook is enabled and reaches deploystate", self._what, key,
-                                   value.status)
+                                   "Pipeline Hook is enabled and reaches deploystate", self._what,
+                                   " ".join(key) if isinstance(key, tuple) else key, value.status)
             if value.outcome in _FINISHED:
                 # Only a human's retry changes a finished pipeline, and that sends a hook too.
                 wait = self._safety.max_interval_s

@@ -158,7 +158,7 @@ def run_one(policy: str, spec: Spec, durations: Durations, hook_faults: HookFaul
             if sender is not None:
                 sender.stop()
             if hooks is not None:
-                hooks.receiver.stop()
+                hooks.listener.stop()
         calls = sum(standin.counters().requests.values())
         gaps = overhead(spec, standin.world)
     return Result(policy, calls, sum(gaps.values()), gaps, time.perf_counter() - started, result.stop.value,

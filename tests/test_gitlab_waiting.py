@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,8 @@ import pytest
 import requests
 from deploystate_backends.gitlab import create
 from deploystate_backends.gitlab.hooks import HookReceiver, PipelineEvent
-from deploystate_backends.gitlab.settings import GitLabSettings
-from deploystate_backends.gitlab.watching import Webhooks, watch
+from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
+from deploystate_backends.gitlab.watching import WatchingDeployer, Webhooks, watch
 from deploystate_backends.gitlab_standin import CNG, DEPLOYER, OMNIBUS, Pipeline, Script, Standin, World
 from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
 from deploystate_backends.gitlab_standin.shared_clock import Member, SharedVirtualClock
@@ -108,7 +109,7 @@ def rig(faults: HookFaults = ON_TIME, *, secret_at_gitlab: str = SECRET,
             yield Rig(standin, clock, runner_clock, sender, hooks, Collected())
         finally:
             sender.stop()
-            hooks.receiver.stop()
+            hooks.listener.stop()
             runner_clock.leave()
 
 
@@ -286,3 +287,51 @@ def test_a_wait_past_its_limit_is_announced_as_an_error() -> None:
         errors = [n for n in r.notices.notices if n.severity == "error"]
         assert [(n.step, n.data.get("timed_out")) for n in errors] == [("trigger_gstg", True)]
         assert "timed out" in errors[0].message and "still running" in errors[0].message
+
+
+# -- the settings that turn webhooks on -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_without_webhook_settings_the_backend_polls(gitlab_standin: Standin) -> None:
+    backends = create({"url": gitlab_standin.url, "deployer_project": DEPLOYER.path,
+                       "cng_project": CNG.path, "omnibus_project": OMNIBUS.path}, TOKENS)
+    assert not isinstance(backends.deployer, WatchingDeployer)
+    assert "Pipeline Hooks" not in backends.description
+
+
+def test_webhook_settings_make_the_backend_listen_from_its_first_read(gitlab_standin: Standin) -> None:
+    port = free_port()
+    settings = {"url": gitlab_standin.url, "deployer_project": DEPLOYER.path, "cng_project": CNG.path,
+                "omnibus_project": OMNIBUS.path, "webhook_listen": f"127.0.0.1:{port}",
+                "webhook_secret_env": "DEPLOYSTATE_HOOK_SECRET"}
+    backends = create(settings, {**TOKENS, "DEPLOYSTATE_HOOK_SECRET": SECRET})
+    assert isinstance(backends.deployer, WatchingDeployer)
+    assert f"Pipeline Hooks on 127.0.0.1:{port}" in backends.description
+    url = f"http://127.0.0.1:{port}/hooks/gitlab"
+    with pytest.raises(requests.ConnectionError):
+        post(url)  # building the backend (as `deploystate status` does) binds no port
+    assert backends.packages.status("cng", VERSION).status == "missing"  # the first read starts it
+    try:
+        assert post(url, token="nope").status_code == 401
+        assert post(url).status_code == 200
+    finally:
+        backends.deployer.close()
+
+
+@pytest.mark.parametrize(("extra", "complaint"), [
+    ({"webhook_listen": "127.0.0.1:8930"}, "go together"),
+    ({"webhook_secret_env": "HOOK_SECRET"}, "go together"),
+    ({"webhook_listen": "8930", "webhook_secret_env": "HOOK_SECRET"}, "HOST:PORT"),
+    ({"webhook_listen": "127.0.0.1:8930", "webhook_secret_env": "HOOK_SECRET"}, "HOOK_SECRET is not set"),
+])
+def test_webhook_settings_are_checked_before_anything_starts(extra: dict[str, str], complaint: str) -> None:
+    settings = {"url": "http://127.0.0.1:9", "deployer_project": DEPLOYER.path, "cng_project": CNG.path,
+                "omnibus_project": OMNIBUS.path, **extra}
+    with pytest.raises(GitLabSettingsError, match=complaint):
+        create(settings, TOKENS)

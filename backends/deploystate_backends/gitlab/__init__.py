@@ -15,6 +15,7 @@ from deploystate_backends.gitlab.deployer import GitLabDeployer
 from deploystate_backends.gitlab.packages import GitLabPackages
 from deploystate_backends.gitlab.rehearsal import RehearsalClock
 from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
+from deploystate_backends.gitlab.watching import watch
 
 __all__ = [
     "GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError", "RehearsalClock", "create",
@@ -33,5 +34,12 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
     clock = SystemClock() if parsed.clock_anchor is None or parsed.clock_speed == 1 else RehearsalClock(
         parsed.clock_speed, parsed.clock_anchor)
     rehearsal = f" (rehearsal clock x{parsed.clock_speed:g})" if isinstance(clock, RehearsalClock) else ""
-    return Backends(deployer=deployer, packages=packages, clock=clock,
-                    description=f"gitlab {parsed.url} deployer {parsed.deployer_project}{rehearsal}")
+    description = f"gitlab {parsed.url} deployer {parsed.deployer_project}{rehearsal}"
+    secret = parsed.webhook_secret(env)
+    if parsed.webhook_listen is not None and secret is not None:
+        # Listening starts with the first read, so commands that only look (status) bind no port.
+        hooks = watch(deployer, packages, parsed, clock, secret=secret, listen=parsed.webhook_listen,
+                      start=False)
+        return Backends(deployer=hooks.deployer, packages=hooks.packages, clock=clock,
+                        description=f"{description}; Pipeline Hooks on {parsed.webhook_listen}")
+    return Backends(deployer=deployer, packages=packages, clock=clock, description=description)

@@ -55,6 +55,18 @@ def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
                                   f"got {value!r}")
 
 
+def _optional_env_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _env_name(instance, attribute, value)  # type: ignore[arg-type]
+
+
+def _listen(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str)
+                              or not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", value)):
+        raise GitLabSettingsError("[backends.gitlab] webhook_listen must be HOST:PORT where GitLab's "
+                                  f"Pipeline Hooks arrive, e.g. \"0.0.0.0:8930\", got {value!r}")
+
+
 def _url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
         raise GitLabSettingsError(f"[backends.gitlab] url = {value!r} is not an http(s) URL, e.g. "
@@ -96,8 +108,15 @@ class GitLabSettings:
     # anchored where both agree, exactly as the stand-in's --speed and --anchor.
     clock_speed: float = attrs.field(default=1.0, validator=_positive)
     clock_anchor: float | None = attrs.field(default=None, validator=_anchor)
+    # Optional: receive GitLab's Pipeline Hooks here (the hook's secret token is in the variable
+    # webhook_secret_env names) and poll only as a safety net.  Without them, waiting polls.
+    webhook_listen: str | None = attrs.field(default=None, validator=_listen)
+    webhook_secret_env: str | None = attrs.field(default=None, validator=_optional_env_name)
 
     def __attrs_post_init__(self) -> None:
+        if (self.webhook_listen is None) != (self.webhook_secret_env is None):
+            raise GitLabSettingsError("[backends.gitlab] webhook_listen and webhook_secret_env go together: "
+                                      "set both to receive Pipeline Hooks, or neither to poll")
         if self.clock_speed == 1:
             return
         # A fast clock shortens the bake, a safety gate: never against a real GitLab.
@@ -121,6 +140,18 @@ class GitLabSettings:
             raise GitLabSettingsError(f"[backends.gitlab] is missing {', '.join(missing)}; see README, "
                                       "'Running against GitLab'")
         return cls(**raw)  # type: ignore[arg-type]
+
+    def webhook_secret(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The Pipeline Hooks' secret token, if webhooks are configured (never from the file)."""
+        name = self.webhook_secret_env
+        if name is None:
+            return None
+        value = (os.environ if env is None else env).get(name, "").strip()
+        if not value:
+            raise GitLabSettingsError(f"environment variable {name} is not set or empty; it must hold the "
+                                      "secret token of the GitLab Pipeline Hook ([backends.gitlab] "
+                                      "webhook_secret_env names it)")
+        return value
 
     def token(self, which: str, env: Mapping[str, str] | None = None) -> str:
         """Read a token from the environment variable the settings name (never from the file)."""

@@ -31,7 +31,7 @@ from deploystate.protocols import (
     TriggerRequest,
 )
 from deploystate.waiting import WaitPolicy
-from deploystate_backends.gitlab.hooks import HookReceiver, PipelineEvent, parse_listen
+from deploystate_backends.gitlab.hooks import HookReceiver, HookSetupError, PipelineEvent, parse_listen
 from deploystate_backends.gitlab.settings import GitLabSettings
 from deploystate_backends.gitlab.statuses import outcome
 
@@ -75,8 +75,10 @@ class WatchStats:
 class _Memory(Generic[V]):
     """Last reads by key, with the safety schedule and the marks hooks left."""
 
-    def __init__(self, now: Callable[[], float], safety: WaitPolicy, expected_s: float, what: str) -> None:
+    def __init__(self, now: Callable[[], float], safety: WaitPolicy, expected_s: float, what: str,
+                 listening: Callable[[], bool]) -> None:
         self._now = now
+        self.listening = listening
         self._safety = safety
         self._expected_s = expected_s
         self._what = what
@@ -87,6 +89,8 @@ class _Memory(Generic[V]):
     def fresh(self, key: object) -> tuple[V | None, bool]:
         """The remembered answer if no read is due (else None), and whether a hook asked for the
         read; that hook's mark is taken off, so a hook arriving during the read marks again."""
+        if not self.listening():
+            return None, False  # no hooks will come: read every time, as plain polling does
         now = self._now()
         with self.lock:
             seen = self.items.get(key)
@@ -137,11 +141,13 @@ class _Memory(Generic[V]):
 class WatchingDeployer:
     """A :class:`Deployer` whose ``status`` reads GitLab only when a hook or the safety net says so."""
 
-    def __init__(self, inner: Deployer, project: str, now: Callable[[], float], safety: WaitPolicy) -> None:
+    def __init__(self, inner: Deployer, project: str, now: Callable[[], float], safety: WaitPolicy,
+                 listening: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
         self.project = project
+        self.on_close: Callable[[], None] = lambda: None
         self._memory: _Memory[Deployment] = _Memory(now, safety, safety.expected_for("deployment"),
-                                                     "deployer pipeline")
+                                                     "deployer pipeline", listening)
         # Hooks for pipelines not known yet: a trigger's answer can arrive after its first hook.
         self._early: dict[str, str] = {}
 
@@ -149,7 +155,12 @@ class WatchingDeployer:
     def stats(self) -> WatchStats:
         return self._memory.stats
 
+    def close(self) -> None:
+        """Stop listening for hooks (the process is done waiting)."""
+        self.on_close()
+
     def trigger(self, request: TriggerRequest) -> Deployment:
+        self._memory.listening()  # be there for the new pipeline's first hooks
         deployment = self.inner.trigger(request)
         self._remember(deployment)
         return deployment
@@ -207,11 +218,11 @@ class WatchingPackages:
     """A :class:`PackageWatcher` that reads a package's builds only when a hook or the safety net says so."""
 
     def __init__(self, inner: PackageWatcher, projects: Mapping[str, str], now: Callable[[], float],
-                 safety: WaitPolicy) -> None:
+                 safety: WaitPolicy, listening: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
         self.projects = dict(projects)
         self._memory: _Memory[PackageBuild] = _Memory(now, safety, safety.expected_for("package_wait"),
-                                                      "package build")
+                                                      "package build", listening)
 
     @property
     def stats(self) -> WatchStats:
@@ -259,23 +270,77 @@ class HookRouter:
             self._wake()
 
 
+class Listener:
+    """The hook receiver, started on first use: only a process that waits (``run``) binds the port,
+    not every command that merely builds the backend (``status``, ``promote``).
+
+    If the port cannot be bound, that is logged as an error once and waiting falls back to
+    polling by the runner's own policy (the watchers then always read).
+    """
+
+    def __init__(self, listen: str, secret: str) -> None:
+        self.host, self.port = parse_listen(listen)
+        self._secret = secret
+        self.on_event: Callable[[PipelineEvent], None] = lambda event: None
+        self._lock = threading.Lock()
+        self._receiver: HookReceiver | None = None
+        self._failed = False
+
+    def __repr__(self) -> str:
+        return f"Listener({self.host}:{self.port})"
+
+    def ensure(self) -> bool:
+        """Listening (now or already); False if it cannot."""
+        with self._lock:
+            if self._receiver is None and not self._failed:
+                try:
+                    self._receiver = HookReceiver(self.host, self.port, self._secret,
+                                                  lambda event: self.on_event(event)).start()
+                except HookSetupError as error:
+                    self._failed = True
+                    logger.error("%s; waiting falls back to polling", error)
+            return self._receiver is not None
+
+    @property
+    def receiver(self) -> HookReceiver:
+        if not self.ensure():
+            raise HookSetupError(f"not listening for webhooks on {self.host}:{self.port}; see the log")
+        assert self._receiver is not None
+        return self._receiver
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._receiver is not None:
+                self._receiver.stop()
+                self._receiver = None
+
+
 @attrs.frozen
 class Webhooks:
-    """The watching wrappers and the receiver that feeds them (``receiver.stop()`` ends it)."""
+    """The watching wrappers and the listener that feeds them (``listener.stop()`` ends it)."""
 
     deployer: WatchingDeployer
     packages: WatchingPackages
-    receiver: HookReceiver
+    listener: Listener
+
+    @property
+    def receiver(self) -> HookReceiver:
+        return self.listener.receiver
 
 
 def watch(deployer: Deployer, packages: PackageWatcher, settings: GitLabSettings, clock: Clock, *,
-          secret: str, listen: str, safety: WaitPolicy | None = None) -> Webhooks:
-    """Wrap the GitLab deployer and package watcher, and start listening for their hooks."""
+          secret: str, listen: str, safety: WaitPolicy | None = None, start: bool = True) -> Webhooks:
+    """Wrap the GitLab deployer and package watcher and listen for their hooks (now, or with
+    ``start=False`` on the first status read)."""
     safety = safety or WaitPolicy.behind_webhooks()
-    watching_deployer = WatchingDeployer(deployer, settings.deployer_project, clock.now, safety)
+    listener = Listener(listen, secret)
+    watching_deployer = WatchingDeployer(deployer, settings.deployer_project, clock.now, safety,
+                                         listener.ensure)
     watching_packages = WatchingPackages(
-        packages, {"cng": settings.cng_project, "omnibus": settings.omnibus_project}, clock.now, safety)
-    host, port = parse_listen(listen)
-    router = HookRouter(watching_deployer, watching_packages, wake_of(clock))
-    receiver = HookReceiver(host, port, secret, router).start()
-    return Webhooks(watching_deployer, watching_packages, receiver)
+        packages, {"cng": settings.cng_project, "omnibus": settings.omnibus_project}, clock.now, safety,
+        listener.ensure)
+    listener.on_event = HookRouter(watching_deployer, watching_packages, wake_of(clock))
+    watching_deployer.on_close = listener.stop
+    if start:
+        listener.ensure()
+    return Webhooks(watching_deployer, watching_packages, listener)

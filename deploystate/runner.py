@@ -208,8 +208,12 @@ class Runner:
                 break
             progressed = False
             wake.clear()
+            # Read once per round (each read decodes every step's phase): handling one step
+            # changes only that step's phase, and a write by someone else ends the pass with
+            # JournalConflict, so the phases read here stay true for every step still to come.
+            phases = view.phases
             for step in view.spec.steps:
-                phase = view.phases[step.name]
+                phase = phases[step.name]
                 if phase is Phase.RUNNING:
                     changed, when = self._watch(view, step)
                 elif phase is Phase.FAILED:
@@ -387,16 +391,25 @@ class Runner:
                                                    "status": deployment.status,
                                                    **({"web_url": deployment.web_url}
                                                       if deployment.web_url else {})})
-        # This fact must be kept even if an operator wrote meanwhile: retry on conflict.
+        # This fact must be kept even if an operator wrote meanwhile, an abort included (the
+        # deployer has the pipeline either way): retry on conflict.
+        replaced = False
         for _ in range(OPERATOR_ATTEMPTS):
             try:
                 self._append(view, [entry])
-                return
             except JournalConflict:
                 fresh = self.view(view.rollout_id)
-                if fresh.steps[step.name].key != deployment.key or not fresh.active:
-                    return  # the attempt was superseded (retry/abort); the key stays findable
+                if fresh.steps[step.name].key != deployment.key:
+                    raise  # the attempt was superseded; its key stays findable
                 _replace(view, fresh)
+                replaced = True
+                continue
+            if replaced:
+                # The rest of this pass was decided on the old state; going on after an abort
+                # triggered the next deployment of the aborted rollout.  Make run() decide again.
+                raise JournalConflict(f"rollout {view.rollout_id} changed while {step.name} was "
+                                      "triggered; the trigger is recorded, deciding again")
+            return
         raise JournalConflict(f"rollout {view.rollout_id}: could not record trigger of {step.name}")
 
     def _watch_failed(self, view: RolloutView, step: Step) -> tuple[bool, float | None]:

@@ -7,8 +7,10 @@ Hooks to the adapter's receiver.  Runner and stand-in share one virtual time bas
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,7 +23,16 @@ from deploystate_backends.gitlab import create
 from deploystate_backends.gitlab.hooks import HookReceiver, PipelineEvent
 from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
 from deploystate_backends.gitlab.watching import WatchingDeployer, Webhooks, watch
-from deploystate_backends.gitlab_standin import CNG, DEPLOYER, OMNIBUS, Pipeline, Script, Standin, World
+from deploystate_backends.gitlab_standin import (
+    CNG,
+    DEPLOYER,
+    OMNIBUS,
+    Pipeline,
+    Script,
+    Standin,
+    VirtualClock,
+    World,
+)
 from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
 from deploystate_backends.gitlab_standin.shared_clock import Member, SharedVirtualClock
 
@@ -335,3 +346,54 @@ def test_webhook_settings_are_checked_before_anything_starts(extra: dict[str, st
                 "omnibus_project": OMNIBUS.path, **extra}
     with pytest.raises(GitLabSettingsError, match=complaint):
         create(settings, TOKENS)
+
+
+# -- the stand-in's hooks themselves -------------------------------------------------------------
+
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], dict[str, object]]]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_stand_in_posts_a_pipeline_hook_per_status_change_shaped_like_gitlab_s() -> None:
+    received: list[tuple[dict[str, str], dict[str, object]]] = []
+    handler = type("Capture", (_Capture,), {"received": received})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as capture:
+        threading.Thread(target=capture.serve_forever, daemon=True).start()
+        world = World(clock=VirtualClock())
+        sender = HookSender(world, faults=HookFaults(duplicate=1.0))
+        sender.add_hook(DEPLOYER.path, f"http://127.0.0.1:{capture.server_address[1]}/hook", SECRET)
+        pipeline = world.trigger(DEPLOYER.path, "master", {"DEPLOY_ENVIRONMENT": "gstg"})
+        for _ in range(40):  # a VirtualClock moves only when told: advance, then deliver what is due
+            sender.pump()
+            at = world.next_change_at()
+            if at is None:
+                break
+            world.advance(at - world.now())
+        capture.shutdown()
+    statuses = [body["object_attributes"]["status"] for _, body in received[::2]]  # type: ignore[index]
+    assert statuses == ["created", "pending", "running", "success"]
+    for (first, body), (second, again) in zip(received[::2], received[1::2], strict=True):
+        assert first["Idempotency-Key"] == second["Idempotency-Key"] and body == again  # a redelivery
+        assert first["X-Gitlab-Event"] == "Pipeline Hook" and first["X-Gitlab-Token"] == SECRET
+    last = received[-1][1]
+    attributes = last["object_attributes"]
+    assert last["object_kind"] == "pipeline"
+    project = last["project"]
+    assert isinstance(project, dict)
+    assert (project["id"], project["path_with_namespace"]) == (DEPLOYER.id, DEPLOYER.path)
+    assert isinstance(attributes, dict)
+    assert (attributes["id"], attributes["ref"], attributes["source"]) == (pipeline.id, "master", "trigger")
+    assert {"key": "DEPLOY_ENVIRONMENT", "value": "gstg"} in attributes["variables"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", attributes["finished_at"])
+    assert attributes["duration"] == pipeline.duration

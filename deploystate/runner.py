@@ -99,7 +99,10 @@ class Runner:
         self.backends = backends
         self.config = config or RunnerConfig()
         self.notifier = notifier or LogNotifier()
-        self.machines = machines or Machines()
+        # None: share the process-wide cache rebuild() uses.  A fresh machine has learnt no
+        # transition yet and made a simulated rollout cost twice as much; and the command line
+        # rebuilds a rollout before it makes its runner, so a cache of its own compiled twice.
+        self.machines = machines
         self.api_calls = 0
         # A backend that knows when its next change happens (a simulation) is looked at exactly
         # then; polling by the wait policy is for backends that cannot tell.
@@ -111,7 +114,8 @@ class Runner:
 
     # -- reading ----------------------------------------------------------------------------
     def view(self, rollout_id: str) -> RolloutView:
-        return rebuild(self.store.read(rollout_id), self.machines)
+        records = self.store.read(rollout_id)
+        return rebuild(records) if self.machines is None else rebuild(records, self.machines)
 
     # -- operator commands --------------------------------------------------------------------
     def create(self, version: str, spec: Spec) -> RolloutView:

@@ -363,7 +363,7 @@ def part_c(repetitions: int, do_profile: bool) -> None:
     median = statistics.median(warm)
     print(f"    target <= {REBUILD_TARGET_S * 1000:.0f} ms: {verdict(median, REBUILD_TARGET_S)}")
     cold = cpu_samples(lambda: rebuild(records, Machines()), max(5, repetitions // 100))
-    row("cold (compiles the spec's machine first)", cold)
+    row("cold (a fresh machine: compiled, nothing learnt)", cold)
     if do_profile or median > REBUILD_TARGET_S:
         print("  cProfile of 200 warm rebuilds (cumulative):")
         profile(lambda: rebuild(records), 200)

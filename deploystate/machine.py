@@ -131,7 +131,11 @@ class RolloutMachine:
         self._data_guards: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
         # (state, trigger) -> next state, learnt from transitions itself; see fire().
         self._learnt: dict[tuple[tuple[str, ...] | str, str], tuple[str, ...] | str] = {}
-        self._initial: tuple[str, ...] | None = None
+        self._initial: tuple[str, ...] | str | None = None
+        # "active.<step>.<phase>" -> (step, phase), so reading phases parses nothing.
+        self._leaf: dict[str, tuple[str, Phase]] = {
+            _state_path(s.name, p): (s.name, p) for s in spec.steps for p in Phase
+        }
         regions = [
             {"name": s.name, "children": [p.value for p in Phase], "initial": Phase.PENDING.value}
             for s in spec.steps
@@ -202,12 +206,14 @@ class RolloutMachine:
         rollout = Rollout(rollout_id)
         if self._initial is None:
             self._machine.add_model(rollout)
-            self._initial = tuple(rollout.state)
+            state = rollout.state
+            self._initial = tuple(state) if isinstance(state, list) else state
         else:
             # add_model resolves the nested initial state again on every call (~250 us for nine
             # regions, most of the cost of listing 1,000 rollouts).  With nothing bound onto models
             # (see _CompiledMachine) registering a model is exactly this.
-            rollout.state = list(self._initial)
+            initial = self._initial
+            rollout.state = list(initial) if isinstance(initial, tuple) else initial
             self._machine.models.append(rollout)
         return rollout
 
@@ -262,11 +268,8 @@ class RolloutMachine:
 
     def phases(self, rollout: Rollout) -> dict[str, Phase]:
         """Each step's phase; empty once the rollout has ended."""
-        result: dict[str, Phase] = {}
-        for path in _leaves(rollout.state):
-            _, step, phase = path.split(SEPARATOR)
-            result[step] = Phase(phase)
-        return result
+        leaf = self._leaf
+        return dict(leaf[path] for path in _leaves(rollout.state))
 
     def phase(self, rollout: Rollout, step: str) -> Phase | None:
         return self.phases(rollout).get(step)

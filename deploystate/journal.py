@@ -94,8 +94,11 @@ class Store(Protocol):
         """
         ...
 
-    def read(self, rollout_id: str) -> list[Record]:
-        """All records of a rollout, in order; :class:`UnknownRollout` if it has none."""
+    def read(self, rollout_id: str, after: int = 0) -> list[Record]:
+        """A rollout's records after sequence number ``after``, in order.
+
+        :class:`UnknownRollout` if the rollout has no records at all.
+        """
         ...
 
     def read_all(self) -> dict[str, list[Record]]:
@@ -131,11 +134,11 @@ class MemoryStore:
             self._records[rollout_id] = [*existing, *made]
             return made
 
-    def read(self, rollout_id: str) -> list[Record]:
+    def read(self, rollout_id: str, after: int = 0) -> list[Record]:
         with self._lock:
             if rollout_id not in self._records:
                 raise unknown(rollout_id, list(self._records))
-            return list(self._records[rollout_id])
+            return self._records[rollout_id][after:]
 
     def read_all(self) -> dict[str, list[Record]]:
         with self._lock:

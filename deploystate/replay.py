@@ -50,6 +50,7 @@ class StepRun:
     failed_at: float | None = None
     last_status: str | None = None
     triggers: int = 0  # accepted triggers over all attempts
+    doubt_since: float | None = None  # a trigger of this attempt failed in doubt at this time
     reason: str | None = None
 
 
@@ -178,9 +179,13 @@ def _apply(view: RolloutView, record: Record) -> None:
         run.deployment_id = str(data.get("deployment_id"))
         run.web_url = data.get("web_url")
         run.triggers += 1
+        run.doubt_since = None
     elif action == OBSERVED:
         if record.step is not None:
-            _run(view, record).last_status = data.get("status")
+            run = _run(view, record)
+            run.last_status = data.get("status")
+            if data.get("trigger_in_doubt"):
+                run.doubt_since = record.at
     else:
         raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} has unknown action "
                              f"{action!r}; it was written by a newer deploystate?")
@@ -215,6 +220,7 @@ def _track(view: RolloutView, record: Record) -> None:
         run.ended_at = run.failed_at = None
         run.last_status = None
         run.reason = None
+        run.doubt_since = None
     elif action in (Action.SUCCEED.value, Action.SKIP.value):
         run.ended_at = record.at
         run.reason = data.get("reason")

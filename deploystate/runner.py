@@ -86,6 +86,10 @@ class RunnerConfig:
     # How long a failed step is still watched for a retry made outside (in the deployer's UI).
     failed_watch_s: float = 2 * 3600
     wait_policy: WaitPolicy = attrs.field(factory=WaitPolicy)
+    # After a trigger failed in a way that leaves it in doubt (time-out, 5xx, dropped connection),
+    # the deployer may still be processing it: wait this long before looking its key up, or a
+    # late pipeline could appear after our search and the retry would make a second one.
+    trigger_doubt_s: float = 60.0
 
 
 class Runner:
@@ -107,6 +111,9 @@ class Runner:
         # A backend that knows when its next change happens (a simulation) is looked at exactly
         # then; polling by the wait policy is for backends that cannot tell.
         self._hinted = isinstance(backends.deployer, Hints)
+        # Keys whose intent this runner wrote itself and has not tried yet: nobody can have
+        # triggered them, so no look-up is needed (a look-up can cost many API calls).
+        self._fresh_keys: set[str] = set()
 
     @property
     def clock(self) -> Any:
@@ -185,12 +192,14 @@ class Runner:
         """Advance ``rollout_id`` until it is done, aborted, or needs a human."""
         with self.store.hold(rollout_id):
             wakeups = 0
+            view: RolloutView | None = None
             while True:
                 try:
-                    view, wake_at = self.advance(rollout_id)
+                    view, wake_at = self.advance(rollout_id, view)
                 except JournalConflict:
                     # An operator wrote meanwhile (promote, abort...).  Nothing outside was called for
                     # the refused write, so deciding again on the new state is safe.
+                    view = None
                     continue
                 stop = self._stop(view)
                 if stop is not None:
@@ -203,9 +212,16 @@ class Runner:
                 self.clock.sleep(max(0.0, wake_at - now) if wake_at is not None else
                                  self.config.wait_policy.max_interval_s)
 
-    def advance(self, rollout_id: str) -> tuple[RolloutView, float | None]:
-        """One pass over every step.  Returns the rollout and when to look again."""
-        view = self.view(rollout_id)
+    def advance(self, rollout_id: str, view: RolloutView | None = None) -> tuple[RolloutView, float | None]:
+        """One pass over every step.  Returns the rollout and when to look again.
+
+        ``view``, the rollout as this runner last returned it, is brought up to date with what
+        others appended since (operator commands) instead of being replayed from the start.
+        """
+        if view is None:
+            view = self.view(rollout_id)
+        else:
+            apply_records(view, self.store.read(rollout_id, after=view.seq))
         wake: list[float] = []
         for _ in range(len(view.spec.steps) * 4 + 4):  # each round records at least one thing
             if not view.active:
@@ -289,6 +305,8 @@ class Runner:
                     "environments": list(step.targets), "ref": strategy.ref_for(step),
                     "check_mode": strategy.check_mode_for(step), "version": view.version}
         self._append(view, [self._entry(Action.START.value, step.name, data)])
+        if "key" in data:
+            self._fresh_keys.add(data["key"])
 
     def _watch(self, view: RolloutView, step: Step) -> tuple[bool, float | None]:
         run = view.steps[step.name]
@@ -337,7 +355,7 @@ class Runner:
                           f"{int(elapsed // 60)} min ({build.status})"})])
             return True, None
         changed = self._observe_unknown(view, step, run, build.status, build.outcome)
-        return changed, self._next_poll(step, now, elapsed)
+        return changed, self._next_poll(step, run, now, elapsed)
 
     def _watch_deployment(self, view: RolloutView, step: Step, run: StepRun,
                           now: float) -> tuple[bool, float | None]:
@@ -365,13 +383,17 @@ class Runner:
                           f"{int(elapsed // 60)} min"})])
             return True, None
         changed = self._observe_unknown(view, step, run, deployment.status, deployment.outcome)
-        return changed, self._next_poll(step, now, elapsed)
+        return changed, self._next_poll(step, run, now, elapsed)
 
-    def _next_poll(self, step: Step, now: float, elapsed: float) -> float | None:
+    def _next_poll(self, step: Step, run: StepRun, now: float, elapsed: float) -> float | None:
+        # Wake at the wait's limit at the latest, so a time-out is announced when it happens.
+        limit = (self.config.package_wait_limit_s if step.kind is StepKind.PACKAGE_WAIT
+                 else self.config.deployment_wait_limit_s)
+        deadline = (run.started_at or now) + limit + 1.0
         if self._hinted:
-            return None
+            return deadline
         policy = self.config.wait_policy
-        return now + policy.delay(elapsed, policy.expected_for(step.kind.value))
+        return min(deadline, now + policy.delay(elapsed, policy.expected_for(step.kind.value)))
 
     def _trigger(self, view: RolloutView, step: Step, run: StepRun, now: float) -> tuple[bool, float | None]:
         """Trigger the current attempt exactly once: look the key up first, unless it is brand new."""
@@ -380,12 +402,23 @@ class Runner:
         request = TriggerRequest(key=run.key, version=view.version, environments=run.environments,
                                  ref=run.ref or "", check_mode=bool(run.check_mode),
                                  user=self.config.deploy_user)
+        fresh = request.key in self._fresh_keys
+        doubt_ends = (run.doubt_since or 0.0) + self.config.trigger_doubt_s
+        if not fresh and run.doubt_since is not None and now < doubt_ends:
+            return False, doubt_ends
         self.checkpoint("before-trigger")
+        self._fresh_keys.discard(request.key)
         try:
-            found = self._call(lambda: deployer.find(request.key))
+            found = None if fresh else self._call(lambda: deployer.find(request.key))
             deployment = found if found is not None else self._call(lambda: deployer.trigger(request))
         except BackendError as error:
-            return self._backend_trouble(view, step, run, error, now)
+            if not error.transient:
+                return self._backend_trouble(view, step, run, error, now)
+            self._append(view, [self._entry(OBSERVED, step.name, {
+                "status": f"error: {error}", "severity": "warning", "trigger_in_doubt": True,
+                "message": f"{error}; the trigger is in doubt: will try again after looking its key "
+                           f"up in {int(self.config.trigger_doubt_s)} s"})])
+            return False, now + self.config.trigger_doubt_s
         self.checkpoint("after-trigger")
         self._record_trigger(view, step, deployment)
         return True, None

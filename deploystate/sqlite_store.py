@@ -140,12 +140,12 @@ class SQLiteStore:
                 raise
             return made
 
-    def read(self, rollout_id: str) -> list[Record]:
+    def read(self, rollout_id: str, after: int = 0) -> list[Record]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT rollout_id, seq, action, at, actor, step, data FROM records "
-                "WHERE rollout_id = ? ORDER BY seq", (rollout_id,)).fetchall()
-        if not rows:
+                "WHERE rollout_id = ? AND seq > ? ORDER BY seq", (rollout_id, after)).fetchall()
+        if not rows and (after == 0 or rollout_id not in self.rollouts()):
             raise unknown(rollout_id, self.rollouts())
         return [self._record(row) for row in rows]
 

@@ -13,9 +13,10 @@ from deploystate.protocols import Backends
 from deploystate_backends.simulated.adapters import SimulatedDeployer, SimulatedPackages
 from deploystate_backends.simulated.clock import DEFAULT_START, VirtualClock
 from deploystate_backends.simulated.errors import SettingsError, UnknownDeployment, UnknownPackage, WorldError
+from deploystate_backends.simulated.record import ActRecord, TriggerRecord
 from deploystate_backends.simulated.scenario import Behaviour, Scenario, parse_settings
 from deploystate_backends.simulated.timeline import outcome_of
-from deploystate_backends.simulated.world import ActRecord, TriggerRecord, World
+from deploystate_backends.simulated.world import World
 
 __all__ = [
     "DEFAULT_START",

@@ -1,23 +1,18 @@
-"""The simulated world's record: its scenario, its virtual time, every trigger, retry and cancel.
+"""A simulated deployer's and packaging projects' world: statuses computed from its record.
 
-The record is the only state; statuses are computed from it (``timeline.py``).  It lives in one
-SQLite file (or in memory when no file is given).  Every trigger and every clock advance is one
-``BEGIN IMMEDIATE`` transaction committed with ``synchronous=FULL`` before the call returns, so
-a process killed with SIGKILL leaves either all of a change or none of it, and a process that
-opens the file later sees every trigger the killed one was told about.  Several processes may
-share a file: each reads the file, not a copy, on every call.
+The record (``record.py``) is the only state: what was triggered, retried, canceled and
+watched, and the virtual time.  Every status is computed from it (``timeline.py``), so a world
+reopened in another process shows exactly the same statuses.  A timeline depends only on the
+append-only record, so it is computed once per change of its deployment's part of the record,
+and the status shown at each of its pieces once.
 """
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import datetime as dt
-import json
 import logging
-import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +21,8 @@ import attrs
 from deploystate.protocols import Deployment, PackageBuild, TriggerRequest
 from deploystate.spec import PACKAGES
 from deploystate_backends.simulated.clock import VirtualClock
-from deploystate_backends.simulated.errors import UnknownDeployment, UnknownPackage, WorldError
+from deploystate_backends.simulated.errors import UnknownDeployment, UnknownPackage
+from deploystate_backends.simulated.record import ActRecord, Record, TriggerRecord
 from deploystate_backends.simulated.scenario import Scenario, tag_time
 from deploystate_backends.simulated.timeline import (
     CANCEL,
@@ -37,79 +33,55 @@ from deploystate_backends.simulated.timeline import (
     Piece,
     build_timeline,
     deployment_timeline,
-    next_change,
     outcome_of,
-    status_at,
 )
+
+__all__ = ["WEB", "ActRecord", "TriggerRecord", "World"]
 
 log = logging.getLogger(__name__)
 
-APPLICATION_ID = 0x64737377  # "dssw": deploystate simulated world
-SCHEMA_VERSION = 1
-SQLITE_MAGIC = b"SQLite format 3\x00"
 WEB = "https://simulated.invalid"
 
-_SCHEMA = """
-CREATE TABLE scenario (id INTEGER PRIMARY KEY CHECK (id = 0), settings TEXT NOT NULL);
-CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), now REAL NOT NULL);
-CREATE TABLE triggers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    version TEXT NOT NULL,
-    environments TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    check_mode INTEGER NOT NULL,
-    user TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX triggers_by_key ON triggers (key, id);
-CREATE TABLE acts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment INTEGER NOT NULL REFERENCES triggers (id),
-    kind TEXT NOT NULL CHECK (kind IN ('retry', 'cancel')),
-    at REAL NOT NULL
-);
-CREATE TABLE builds (
-    package TEXT NOT NULL,
-    version TEXT NOT NULL,
-    anchor REAL NOT NULL,
-    PRIMARY KEY (package, version)
-);
-"""
+
+class _Timeline:
+    """A deployment's timeline for one state of its record, and what it shows at each piece."""
+
+    __slots__ = ("acts", "ats", "pieces", "record", "shown")
+
+    def __init__(self, record: TriggerRecord, acts: tuple[Act, ...], pieces: list[Piece]) -> None:
+        self.record = record
+        self.acts = acts
+        self.pieces = pieces
+        self.ats = [piece.at for piece in pieces]
+        self.shown: dict[int, Deployment] = {}  # by index of the last piece started at or before now
 
 
-@attrs.frozen
-class TriggerRecord:
-    """One trigger the simulated deployer received, exactly as asked."""
+class _BuildTimeline:
+    __slots__ = ("anchor", "ats", "pieces", "shown", "tag")
 
-    id: str
-    key: str
-    version: str
-    environments: tuple[str, ...]
-    ref: str
-    check_mode: bool
-    user: str
-    at: float
-
-
-@attrs.frozen
-class ActRecord:
-    deployment_id: str
-    kind: str  # "retry" or "cancel"
-    at: float
-    seq: int
+    def __init__(self, anchor: float, pieces: list[Piece], tag: str) -> None:
+        self.anchor = anchor
+        self.pieces = pieces
+        self.ats = [piece.at for piece in pieces]
+        self.tag = tag
+        self.shown: dict[int, PackageBuild] = {}
 
 
 class World:
     """A simulated deployer's and packaging projects' shared world, on a virtual clock."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path | None, scenario: Scenario) -> None:
-        self._db = db
-        self._lock = threading.RLock()
-        self.path = path
-        self.scenario = scenario
+    def __init__(self, record: Record) -> None:
+        self._record = record
+        self._lock = record.lock
+        self.path = record.path
+        self.scenario: Scenario = record.scenario
         self.clock = VirtualClock(store=self)
-        self._timelines: dict[tuple[TriggerRecord, tuple[Act, ...]], list[Piece]] = {}
+        self._timelines: dict[str, _Timeline] = {}
+        self._build_timelines: dict[tuple[str, str], _BuildTimeline] = {}
+        # Every moment at which anything's status changes, for next_change_at; rebuilt when the
+        # record's version moves on.
+        self._changes: list[float] = []
+        self._changes_version = -1
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -120,64 +92,10 @@ class World:
         An existing world keeps its own scenario and time: ``scenario`` may be None (use the
         file's) or must equal the file's, so a resumed run cannot silently change the script.
         """
-        if path is None:
-            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            return cls._prepared(db, None, scenario)
-        path = Path(path)
-        _check_file(path, create=create)
-        try:
-            db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as error:
-            raise WorldError(f"cannot open simulated world {path}: {error}") from None
-        try:
-            return cls._prepared(db, path, scenario)
-        except sqlite3.DatabaseError as error:
-            db.close()
-            raise WorldError(f"{path} is damaged ({error}); it was not changed. Start a new world "
-                             "file") from None
-        except BaseException:
-            db.close()
-            raise
-
-    @classmethod
-    def _prepared(cls, db: sqlite3.Connection, path: Path | None, scenario: Scenario | None) -> World:
-        where = str(path) if path is not None else "in memory"
-        if path is not None:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-        with _transaction(db):
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-            if app_id == 0 and tables == 0:
-                made = scenario or Scenario()
-                # One statement at a time: executescript would commit the open transaction.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute("INSERT INTO scenario VALUES (0, ?)", (json.dumps(made.to_settings()),))
-                db.execute("INSERT INTO clock VALUES (0, ?)", (made.start,))
-                return cls(db, path, made)
-            if app_id != APPLICATION_ID:
-                raise WorldError(f"{where} is a SQLite database of another program (application id "
-                                 f"{app_id:#x}); it was not changed. Give a new file for the world")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise WorldError(f"{where} is a simulated world of format {version}; this version reads "
-                                 f"format {SCHEMA_VERSION}. Start a new world file")
-            stored = Scenario.from_settings(json.loads(db.execute("SELECT settings FROM scenario")
-                                                       .fetchone()[0]))
-        if scenario is not None and scenario != stored:
-            differences = _differences(stored, scenario)
-            raise WorldError(f"simulated world {where} was made with other settings ({differences}); "
-                             "resume with the same settings, with only the world path, or use a new "
-                             "world file")
-        return cls(db, path, stored)
+        return cls(Record.open(None if path is None else Path(path), scenario, create=create))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._record.close()
 
     def __enter__(self) -> World:
         return self
@@ -187,19 +105,13 @@ class World:
 
     # -- the clock's time store -----------------------------------------------------------------
     def read_time(self) -> float:
-        with self._lock:
-            return float(self._db.execute("SELECT now FROM clock").fetchone()[0])
+        return self._record.time()
 
     def advance_time(self, seconds: float) -> float:
-        return self._write_time("UPDATE clock SET now = now + ?", seconds)
+        return self._record.advance(seconds)
 
     def advance_time_to(self, at: float) -> float:
-        return self._write_time("UPDATE clock SET now = max(now, ?)", at)
-
-    def _write_time(self, sql: str, value: float) -> float:
-        with self._lock, _transaction(self._db):
-            self._db.execute(sql, (value,))
-            return float(self._db.execute("SELECT now FROM clock").fetchone()[0])
+        return self._record.advance_to(at)
 
     # -- the deployer ---------------------------------------------------------------------------
     def trigger(self, request: TriggerRequest) -> Deployment:
@@ -207,122 +119,117 @@ class World:
             log.info("simulated deployer: %s asks for a real deployment of %s to %s (check_mode false); "
                      "recorded, and as always nothing is deployed", request.key, request.version,
                      ",".join(request.environments))
-        with self._lock, _transaction(self._db):
-            db = self._db
-            now = db.execute("SELECT now FROM clock").fetchone()[0]
-            cursor = db.execute(
-                "INSERT INTO triggers (key, version, environments, ref, check_mode, user, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request.key, request.version, json.dumps(list(request.environments)), request.ref,
-                 int(request.check_mode), request.user, now))
-            new_id = cursor.lastrowid
-        return self.deployment(str(new_id))
+        return self.deployment(self._record.add_trigger(request).id)
 
     def deployment(self, deployment_id: str) -> Deployment:
-        with self._lock, _transaction(self._db, write=False):
-            record = self._trigger(deployment_id)
-            acts = self._all_acts().get(record.id, [])
-            now = self.read_time()
-        return self._deployment(record, acts, now)
+        with self._lock:
+            self._record.refresh()
+            return self._deployment(self._known(deployment_id), self._record.now)
 
     def find(self, key: str) -> Deployment | None:
         """The first deployment triggered with ``key`` (a duplicate trigger stays in the record)."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM triggers WHERE key = ? ORDER BY id LIMIT 1",
-                                   (key,)).fetchone()
-        return None if row is None else self.deployment(str(row[0]))
+            self._record.refresh()
+            record = self._record.first_with_key(key)
+            return None if record is None else self._deployment(record, self._record.now)
 
     def act(self, deployment_id: str, kind: str) -> Deployment:
         """Record a retry or cancel; like GitLab, one that does not apply changes nothing."""
         if kind not in (RETRY, CANCEL):
             raise ValueError(f"act must be {RETRY!r} or {CANCEL!r}, got {kind!r}")
         with self._lock:
-            record = self._trigger(deployment_id)
-            with _transaction(self._db):
-                self._db.execute("INSERT INTO acts (deployment, kind, at) VALUES (?, ?, "
-                                 "(SELECT now FROM clock))", (int(record.id), kind))
-        return self.deployment(deployment_id)
+            self._record.refresh()
+            record = self._known(deployment_id)
+            self._record.add_act(record.id, kind)
+            return self._deployment(record, self._record.now)
 
-    def _deployment(self, record: TriggerRecord, acts: Sequence[Act], now: float) -> Deployment:
-        pieces = self._timeline(record, acts)
-        piece = status_at(pieces, now)
-        # A pipeline canceled while still queued never started.
-        started = next((p.at for p in pieces if p.status not in QUEUED and p.at <= now
-                        and p.status != "canceled"), None)
-        return Deployment(id=record.id, key=record.key, status=piece.status,
-                          outcome=outcome_of(piece.status),
-                          web_url=f"{WEB}/deployer/-/pipelines/{record.id}", started_at=started,
-                          finished_at=piece.at if piece.status in TERMINAL else None)
+    def _known(self, deployment_id: str) -> TriggerRecord:
+        record = None
+        if isinstance(deployment_id, str) and deployment_id.isdigit():
+            with_digits = _canonical_id(deployment_id)
+            record = None if with_digits is None else self._record.trigger(with_digits)
+        if record is None:
+            raise UnknownDeployment(f"no simulated deployment {deployment_id!r} was triggered in this "
+                                    "world; use an id that trigger() or find() returned")
+        return record
 
-    def _timeline(self, record: TriggerRecord, acts: Sequence[Act]) -> list[Piece]:
-        # A timeline depends only on the (append-only) record, so it is computed once per change.
-        cache_key = (record, tuple(acts))
-        pieces = self._timelines.get(cache_key)
-        if pieces is None:
+    def _deployment(self, record: TriggerRecord, now: float) -> Deployment:
+        timeline = self._timeline(record)
+        # The pieces at or before now are those up to index (-1: before the first one).
+        index = bisect.bisect_right(timeline.ats, now) - 1
+        shown = timeline.shown.get(index)
+        if shown is None:
+            shown = timeline.shown[index] = _shown(record, timeline.pieces, index)
+        return shown
+
+    def _timeline(self, record: TriggerRecord) -> _Timeline:
+        acts = self._record.acts_of(record.id)
+        timeline = self._timelines.get(record.id)
+        # The record hands out a new acts tuple (and, after a reload, new records) on every change.
+        if timeline is None or timeline.acts is not acts or timeline.record is not record:
             segments = self.scenario.segments(record.version, record.environments)
-            pieces = self._timelines[cache_key] = deployment_timeline(record.at, segments, acts,
-                                                                      self.scenario)
-        return pieces
+            pieces = deployment_timeline(record.at, segments, acts, self.scenario)
+            timeline = self._timelines[record.id] = _Timeline(record, acts, pieces)
+        return timeline
 
     # -- package builds -------------------------------------------------------------------------
     def build(self, package: str, version: str) -> PackageBuild:
         if package not in PACKAGES:
             raise UnknownPackage(f"the simulation builds no package {package!r}; ask for "
                                  f"{' or '.join(PACKAGES)}")
-        anchor = self._build_anchor(package, version)
-        pieces = self._build_timeline(package, version, anchor)
-        status = status_at(pieces, self.read_time()).status
-        tag = self.scenario.package_tag(package, version)
-        return PackageBuild(package=package, tag=tag, status=status, outcome=outcome_of(status),
-                            web_url=f"{WEB}/{package}/-/pipelines?ref={tag}")
-
-    def _build_anchor(self, package: str, version: str) -> float:
-        """When ``version`` was tagged: from the tag itself, else when someone first asked."""
         with self._lock:
-            row = self._db.execute("SELECT anchor FROM builds WHERE package = ? AND version = ?",
-                                   (package, version)).fetchone()
-            if row is not None:
-                return float(row[0])
-            with _transaction(self._db):
-                # Remembered even when the tag says when it was cut: next_change_at watches it.
-                self._db.execute(
-                    "INSERT OR IGNORE INTO builds (package, version, anchor) "
-                    "VALUES (?, ?, coalesce(?, (SELECT now FROM clock)))",
-                    (package, version, tag_time(version)))
-                anchor = self._db.execute("SELECT anchor FROM builds WHERE package = ? AND version = ?",
-                                          (package, version)).fetchone()[0]
-            return float(anchor)
+            self._record.refresh()
+            anchor = self._record.anchor(package, version)
+            if anchor is None:
+                # When the tag says it was cut, else when someone first asked; remembered either
+                # way, since next_change_at watches every build asked about.
+                anchor = self._record.add_build(package, version, tag_time(version))
+            timeline = self._build_timeline(package, version, anchor)
+            index = max(bisect.bisect_right(timeline.ats, self._record.now) - 1, 0)
+            shown = timeline.shown.get(index)
+            if shown is None:
+                status = timeline.pieces[index].status
+                shown = timeline.shown[index] = PackageBuild(
+                    package=package, tag=timeline.tag, status=status, outcome=outcome_of(status),
+                    web_url=f"{WEB}/{package}/-/pipelines?ref={timeline.tag}")
+            return shown
 
-    def _build_timeline(self, package: str, version: str, anchor: float) -> list[Piece]:
-        scenario = self.scenario
-        return build_timeline(anchor + scenario.build_appear_s, scenario.build_duration(package, version),
-                              package in scenario.fail_builds)
+    def _build_timeline(self, package: str, version: str, anchor: float) -> _BuildTimeline:
+        timeline = self._build_timelines.get((package, version))
+        if timeline is None or timeline.anchor != anchor:
+            scenario = self.scenario
+            appears_at = anchor + scenario.build_appear_s
+            pieces = build_timeline(appears_at, scenario.build_duration(package, version),
+                                    package in scenario.fail_builds)
+            timeline = self._build_timelines[(package, version)] = _BuildTimeline(
+                anchor, pieces, scenario.package_tag(package, version))
+        return timeline
 
     # -- hints ----------------------------------------------------------------------------------
     def next_change_at(self) -> float | None:
         """When the next status of anything triggered or watched changes; None if nothing will."""
-        with self._lock, _transaction(self._db, write=False):
-            now = self.read_time()
-            triggers = self.triggers()
-            acts = self._all_acts()
-            builds = self._db.execute("SELECT package, version, anchor FROM builds").fetchall()
-        times: list[float] = []
-        for record in triggers:
-            at = next_change(self._timeline(record, acts.get(record.id, [])), now)
-            if at is not None:
-                times.append(at)
-        for package, version, anchor in builds:
-            at = next_change(self._build_timeline(package, version, anchor), now)
-            if at is not None:
-                times.append(at)
-        return min(times, default=None)
+        with self._lock:
+            self._record.refresh()
+            return self._next_change(self._record.now)
+
+    def _next_change(self, now: float) -> float | None:
+        if self._changes_version != self._record.version:
+            changes: list[float] = []
+            for record in self._record.triggers():
+                changes += self._timeline(record).ats
+            for package, version, anchor in self._record.builds():
+                changes += self._build_timeline(package, version, anchor).ats
+            changes.sort()
+            self._changes, self._changes_version = changes, self._record.version
+        # The first change after now is the earliest of every timeline's next change.
+        index = bisect.bisect_right(self._changes, now)
+        return self._changes[index] if index < len(self._changes) else None
 
     # -- the record, for tests and the command line ----------------------------------------------
     def triggers(self) -> list[TriggerRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT id, key, version, environments, ref, check_mode, user, at "
-                                    "FROM triggers ORDER BY id").fetchall()
-        return [_trigger_record(row) for row in rows]
+            self._record.refresh()
+            return self._record.triggers()
 
     def trigger_count(self, environment: str, *, ref: str | None = None, alone: bool = False) -> int:
         """How many triggers included ``environment`` (``alone``: asked for it and nothing else)."""
@@ -332,24 +239,25 @@ class World:
 
     def acts(self) -> list[ActRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT deployment, kind, at, seq FROM acts ORDER BY seq").fetchall()
-        return [ActRecord(str(d), kind, at, seq) for d, kind, at, seq in rows]
+            self._record.refresh()
+            return self._record.acts()
 
     def summary(self) -> dict[str, Any]:
         """Plain data about everything in the record (what ``python -m ...simulated --json`` prints)."""
-        with self._lock, _transaction(self._db, write=False):
-            now = self.read_time()
-            triggers = self.triggers()
-            acts = self._all_acts()
-            next_at = self.next_change_at()
+        with self._lock:
+            self._record.refresh()  # then everything below reads one state of the record
+            now = self._record.now
+            triggers = self._record.triggers()
+            next_at = self._next_change(now)
+            deployments = []
+            for t in triggers:
+                current = self._deployment(t, now)
+                acts = self._record.acts_of(t.id)
+                deployments.append({**attrs.asdict(t, value_serializer=_plain_value),
+                                    "status": current.status, "outcome": current.outcome.value,
+                                    "retries": _count(acts, RETRY), "cancels": _count(acts, CANCEL)})
         per_environment: Counter[str] = Counter(env for t in triggers for env in t.environments)
         per_target: Counter[str] = Counter(",".join(t.environments) for t in triggers)
-        deployments = []
-        for t in triggers:
-            current = self._deployment(t, acts.get(t.id, []), now)
-            deployments.append({**attrs.asdict(t, value_serializer=_plain_value), "status": current.status,
-                                "outcome": current.outcome.value, "retries": _count(acts, t.id, RETRY),
-                                "cancels": _count(acts, t.id, CANCEL)})
         return {
             "world": str(self.path) if self.path is not None else None,
             "seed": self.scenario.seed,
@@ -364,67 +272,28 @@ class World:
             "deployments": deployments,
         }
 
-    def _trigger(self, deployment_id: str) -> TriggerRecord:
-        row = None
-        if isinstance(deployment_id, str) and deployment_id.isdigit():
-            row = self._db.execute("SELECT id, key, version, environments, ref, check_mode, user, at "
-                                   "FROM triggers WHERE id = ?", (int(deployment_id),)).fetchone()
-        if row is None:
-            raise UnknownDeployment(f"no simulated deployment {deployment_id!r} was triggered in this "
-                                    "world; use an id that trigger() or find() returned")
-        return _trigger_record(row)
 
-    def _all_acts(self) -> dict[str, list[Act]]:
-        by_id: dict[str, list[Act]] = {}
-        for act in self.acts():
-            by_id.setdefault(act.deployment_id, []).append(Act(act.at, act.seq, act.kind))
-        return by_id
+def _shown(record: TriggerRecord, pieces: list[Piece], index: int) -> Deployment:
+    """What a deployment shows while ``pieces[index]`` is the last piece that has begun."""
+    piece = pieces[max(index, 0)]
+    # A pipeline canceled while still queued never started.
+    started = next((p.at for p in pieces[:index + 1] if p.status not in QUEUED and p.status != "canceled"),
+                   None)
+    return Deployment(id=record.id, key=record.key, status=piece.status, outcome=outcome_of(piece.status),
+                      web_url=f"{WEB}/deployer/-/pipelines/{record.id}", started_at=started,
+                      finished_at=piece.at if piece.status in TERMINAL else None)
 
 
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection, *, write: bool = True) -> Iterator[None]:
-    if db.in_transaction:  # already inside one (a read snapshot that calls a reader)
-        yield
-        return
-    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+def _canonical_id(digits: str) -> str | None:
+    """The id as the record writes it ("007" names trigger 7, as it did to SQLite)."""
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        return str(int(digits))
+    except ValueError:  # digits int() does not read, such as superscripts
+        return None
 
 
-def _check_file(path: Path, *, create: bool) -> None:
-    if path.is_dir():
-        raise WorldError(f"world path {path} is a folder; give a file path")
-    if not path.exists():
-        if not create:
-            raise WorldError(f"there is no simulated world at {path}; check the path")
-        if not path.parent.is_dir():
-            raise WorldError(f"cannot create simulated world {path}: folder {path.parent} does not exist")
-        return
-    with path.open("rb") as file:
-        head = file.read(len(SQLITE_MAGIC))
-    if head and head != SQLITE_MAGIC:
-        raise WorldError(f"{path} is not a simulated world (not a SQLite file); it was not changed. "
-                         "Give a new file for the world")
-
-
-def _trigger_record(row: tuple[Any, ...]) -> TriggerRecord:
-    id_, key, version, environments, ref, check_mode, user, at = row
-    return TriggerRecord(str(id_), key, version, tuple(json.loads(environments)), ref, bool(check_mode),
-                         user, float(at))
-
-
-def _differences(stored: Scenario, given: Scenario) -> str:
-    old, new = stored.to_settings(), given.to_settings()
-    return "; ".join(f"{name}: file has {old[name]!r}, given {new[name]!r}"
-                     for name in old if old[name] != new[name])
-
-
-def _count(acts: dict[str, list[Act]], deployment_id: str, kind: str) -> int:
-    return sum(1 for a in acts.get(deployment_id, []) if a.kind == kind)
+def _count(acts: tuple[Act, ...], kind: str) -> int:
+    return sum(1 for a in acts if a.kind == kind)
 
 
 def _plain_value(_instance: object, _field: object, value: object) -> object:

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -473,6 +474,64 @@ def test_world_survives_sigkill_and_the_clock_never_goes_back(tmp_path):
     world.close()
     with World.open(path) as reopened:
         assert reopened.clock.now() == reached
+
+
+def test_two_connections_to_one_world_file_see_each_others_changes(tmp_path):
+    """Each keeps a decoded copy of the record; a change through one must show through the other."""
+    path = tmp_path / "world.db"
+    with World.open(path, Scenario.from_settings(EXACT)) as one, World.open(path) as other:
+        assert other.find("a") is None and other.next_change_at() is None  # both copies now read
+        made = one.trigger(request("gstg", key="a"))
+        assert other.find("a") == made == other.deployment(made.id)
+        assert other.next_change_at() == DEFAULT_START + CREATED_S
+        other.clock.advance(QUEUE_S)
+        assert one.clock.now() == DEFAULT_START + QUEUE_S
+        assert one.deployment(made.id).status == "running"
+        # One's copy of the time is behind the file's now: its move must start from the file's.
+        other.clock.advance(100)
+        assert one.clock.advance(10) == DEFAULT_START + QUEUE_S + 110
+        assert other.clock.advance_to(DEFAULT_START) == DEFAULT_START + QUEUE_S + 110  # never back
+        later = other.trigger(request("gprd", key="b"))
+        assert later.id != made.id
+        assert [t.at for t in one.triggers()] == [DEFAULT_START, DEFAULT_START + QUEUE_S + 110]
+        one.act(later.id, "cancel")
+        assert other.deployment(later.id).status == "canceled"
+        assert [(a.deployment_id, a.kind) for a in other.acts()] == [(later.id, "cancel")]
+        assert other.build("cng", VERSION).status == "missing"  # tagged at the start, appears at 300 s
+        assert one.next_change_at() == DEFAULT_START + 300  # the build other asked about, not gstg's end
+        with World.open(path) as fresh:  # nothing cached: the file as it is
+            assert one.summary() == other.summary() == fresh.summary()
+
+
+@given(steps=st.lists(st.tuples(st.integers(0, 1), st.sampled_from(["trigger", "retry", "cancel", "sleep",
+                                                                     "hint", "build"]),
+                                st.integers(0, 3)), max_size=12))
+def test_shared_world_file_copies_agree_with_the_file(steps):
+    """Whatever two connections do in turn, both answer as a world just read from the file does."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "world.db")
+        worlds = [World.open(path, Scenario(retry_fixes=("gstg",), hang=("gprd",))), World.open(path)]
+        try:
+            for index, (who, what, n) in enumerate(steps):
+                world = worlds[who]
+                ids = [t.id for t in world.triggers()]
+                if what == "trigger":
+                    world.trigger(request(LEGACY[: n % 3 + 1], key=f"k{index}"))
+                elif what in ("retry", "cancel") and ids:
+                    world.act(ids[n % len(ids)], what)
+                elif what == "sleep":
+                    world.clock.sleep(n * 1000)
+                elif what == "hint" and (at := world.next_change_at()) is not None:
+                    world.clock.advance_to(at)
+                elif what == "build":
+                    world.build(("cng", "omnibus")[n % 2], f"13.10.20210301{12 + n:02}20")
+                assert worlds[0].summary() == worlds[1].summary()
+            with World.open(path) as fresh:
+                assert worlds[0].summary() == fresh.summary()
+                assert worlds[1].acts() == fresh.acts()
+        finally:
+            for world in worlds:
+                world.close()
 
 
 def test_a_world_file_refuses_other_settings_and_foreign_files(tmp_path):

@@ -60,7 +60,15 @@ from typing import Any, ClassVar, Protocol
 import attrs
 from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    MultipleResults,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
 
 from deploystate.errors import EventRefused
 from deploystate.machine import ABORTED, ACTIVE, DONE, Action, Phase, RolloutMachine
@@ -357,10 +365,11 @@ class RolloutRules(RuleBasedStateMachine):
         """
         return self.open_rollout_underway(moves, data)
 
-    @precondition(lambda self: sum(r.status == ACTIVE for r in self.records) < self.max_active_rollouts)
     @rule(target=rollouts, moves=_WALK, data=st.data())
-    def new_rollout(self, moves: int, data: st.DataObject) -> RolloutRecord:
+    def new_rollout(self, moves: int, data: st.DataObject) -> RolloutRecord | MultipleResults[RolloutRecord]:
         """Another rollout on the same machine, beside the others, up to ``moves`` events in."""
+        if sum(r.status == ACTIVE for r in self.records) >= self.max_active_rollouts:
+            return multiple()
         return self.open_rollout_underway(moves, data)
 
     @rule(rollout=rollouts, data=st.data())
@@ -709,7 +718,10 @@ def _valid_specs(draw: st.DrawFn, min_steps: int, max_steps: int) -> Spec:
     for index in range(count):
         kind = draw(st.sampled_from(StepKind))
         earlier = [s.name for s in steps]
-        needs = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+        # Subsets as bit masks: unique lists of sampled_from throw many draws away.  At most the
+        # three nearest needs, as in real pipelines.
+        mask = draw(st.integers(0, 2 ** len(earlier) - 1))
+        needs = [name for bit, name in enumerate(earlier) if mask >> bit & 1][-3:]
         fields: dict[str, Any] = {}
         if kind is StepKind.DEPLOYMENT:
             free = [e for e in ENVIRONMENTS if e not in used]
@@ -730,8 +742,8 @@ def _valid_specs(draw: st.DrawFn, min_steps: int, max_steps: int) -> Spec:
                     ancestors[gate.name] = frozenset(needs).union(*(ancestors[n] for n in needs))
                     needs = [gate.name]
         elif kind is StepKind.LEGACY_DEPLOYMENT:
-            fields["environments"] = tuple(
-                draw(st.lists(st.sampled_from(ENVIRONMENTS), min_size=1, max_size=3, unique=True)))
+            mask = draw(st.integers(1, 2 ** len(ENVIRONMENTS) - 1))
+            fields["environments"] = tuple(e for bit, e in enumerate(ENVIRONMENTS) if mask >> bit & 1)[:3]
         elif kind is StepKind.PACKAGE_WAIT:
             fields["package"] = draw(st.sampled_from(PACKAGES))
         elif kind is StepKind.BAKE:

@@ -5,8 +5,11 @@ The stateful rules run under the loaded hypothesis profile (conftest: 500 exampl
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from hypothesis import find, given
+from hypothesis import find, given, settings
 
 from deploystate.machine import DONE, Action, Phase, RolloutMachine
 from deploystate.spec import Spec, Step, StepKind, builtin_spec, default_spec
@@ -15,6 +18,19 @@ from deploystate.testing import rollout_rules, valid_specs
 TestSeedRollouts = rollout_rules(default_spec()).TestCase
 TestReorderedRollouts = rollout_rules(builtin_spec("reordered")).TestCase
 TestGeneratedSpecRollouts = rollout_rules(valid_specs()).TestCase
+
+
+@pytest.mark.parametrize("case", [TestSeedRollouts, TestReorderedRollouts, TestGeneratedSpecRollouts])
+def test_the_rules_run_as_many_examples_as_the_profile_asks(case: type) -> None:
+    assert case.settings.max_examples == settings.default.max_examples
+
+
+def test_importing_deploystate_does_not_need_hypothesis() -> None:
+    # A fresh interpreter: this one has hypothesis loaded already.
+    code = ("import sys, deploystate, deploystate.machine, deploystate.spec; "
+            "print(sorted(m for m in ('hypothesis', 'deploystate.testing') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def _required_data(step: Step) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Each rule in deploystate.testing fails on a machine that breaks it.
+"""Each rule in deploystate.testing fails on a machine that breaks it, and only that rule.
 
 Every machine here is the real RolloutMachine with one deliberate bug, made either by
 compiling a wrong spec or by wrapping ``fire``.  A rules check that cannot fail would let
@@ -22,8 +22,8 @@ from deploystate.spec import Spec, StepKind, default_spec
 from deploystate.testing import Invariant, InvariantViolated, MachineUnderTest, rollout_rules
 
 
-def violations(factory: Callable[[Spec], MachineUnderTest]) -> set[Invariant]:
-    """The rules that hypothesis reports broken on ``factory``'s machine."""
+def failures(factory: Callable[[Spec], MachineUnderTest]) -> list[InvariantViolated]:
+    """What hypothesis reports when the rules run on ``factory``'s machine."""
     rules = rollout_rules(default_spec(), factory)
     # No database: every run has to find the bug from scratch.  No shrinking: finding the bug
     # is what is tested, and shrinking a stateful run costs far more than finding it.  The
@@ -31,17 +31,22 @@ def violations(factory: Callable[[Spec], MachineUnderTest]) -> set[Invariant]:
     quick = settings(database=None, phases=[Stage.generate], max_examples=2000)
     with pytest.raises((InvariantViolated, ExceptionGroup)) as caught:
         run_state_machine_as_test(rules, settings=quick)
-    found: set[Invariant] = set()
+    found: list[InvariantViolated] = []
     pending: list[BaseException] = [caught.value]
     while pending:
         error = pending.pop()
         if isinstance(error, BaseExceptionGroup):
             pending.extend(error.exceptions)
         elif isinstance(error, InvariantViolated):
-            found.add(error.invariant)
+            found.append(error)
         else:
             raise error
     return found
+
+
+def violations(factory: Callable[[Spec], MachineUnderTest]) -> set[Invariant]:
+    """The rules that hypothesis reports broken on ``factory``'s machine."""
+    return {failure.invariant for failure in failures(factory)}
 
 
 class Wrapped:
@@ -80,12 +85,19 @@ def _with_step(spec: Spec, name: str, **changes: Any) -> Spec:
 
 def test_canary_that_does_not_wait_for_staging_breaks_needs_first() -> None:
     factory = _compiled_from(lambda spec: _with_step(spec, "trigger_cny", needs=()))
-    assert Invariant.NEEDS_FIRST in violations(factory)
+    [failure] = failures(factory)
+    assert failure.invariant is Invariant.NEEDS_FIRST
+    # The message names the rule, the event and what the rollout had accepted before it.
+    message = str(failure)
+    assert f"broken rule: {Invariant.NEEDS_FIRST.value}" in message
+    assert "after event start trigger_cny" in message
+    assert "trigger_gstg was" in message
+    assert f"events accepted by rollout {failure.rollout_id!r}, in order:" in message
 
 
 def test_bake_compiled_without_its_duration_breaks_the_gates() -> None:
     factory = _compiled_from(lambda spec: _with_step(spec, "baking_time", duration_s=0))
-    assert Invariant.GATES_BEFORE_PROTECTED in violations(factory)
+    assert violations(factory) == {Invariant.GATES_BEFORE_PROTECTED}
 
 
 class PromotionByAnyone(Wrapped):
@@ -99,7 +111,7 @@ class PromotionByAnyone(Wrapped):
 
 
 def test_promotion_without_by_breaks_the_gates() -> None:
-    assert Invariant.GATES_BEFORE_PROTECTED in violations(PromotionByAnyone)
+    assert violations(PromotionByAnyone) == {Invariant.GATES_BEFORE_PROTECTED}
 
 
 class RestartWithoutRetry(Wrapped):
@@ -112,7 +124,7 @@ class RestartWithoutRetry(Wrapped):
 
 
 def test_restart_without_retry_is_caught() -> None:
-    assert Invariant.RETRY_BEFORE_RESTART in violations(RestartWithoutRetry)
+    assert violations(RestartWithoutRetry) == {Invariant.RETRY_BEFORE_RESTART}
 
 
 class FinishCompletesTheRest(Wrapped):
@@ -132,7 +144,7 @@ class FinishCompletesTheRest(Wrapped):
 
 
 def test_finish_before_every_step_succeeded_is_caught() -> None:
-    assert Invariant.DONE_WHEN_ALL_SUCCEEDED in violations(FinishCompletesTheRest)
+    assert violations(FinishCompletesTheRest) == {Invariant.DONE_WHEN_ALL_SUCCEEDED}
 
 
 class IgnoresEventsAfterTheEnd(Wrapped):
@@ -145,7 +157,7 @@ class IgnoresEventsAfterTheEnd(Wrapped):
 
 
 def test_accepting_events_after_the_end_is_caught() -> None:
-    assert Invariant.ENDS_ARE_FINAL in violations(IgnoresEventsAfterTheEnd)
+    assert violations(IgnoresEventsAfterTheEnd) == {Invariant.ENDS_ARE_FINAL}
 
 
 class AbortWithoutReason(Wrapped):
@@ -156,7 +168,7 @@ class AbortWithoutReason(Wrapped):
 
 
 def test_abort_without_reason_is_caught() -> None:
-    assert Invariant.ABORT_HAS_REASON in violations(AbortWithoutReason)
+    assert violations(AbortWithoutReason) == {Invariant.ABORT_HAS_REASON}
 
 
 class RefusedSuccessFailsTheStep(Wrapped):
@@ -172,21 +184,37 @@ class RefusedSuccessFailsTheStep(Wrapped):
 
 
 def test_refusal_that_changes_state_is_caught() -> None:
-    assert Invariant.REFUSAL_CHANGES_NOTHING in violations(RefusedSuccessFailsTheStep)
+    assert violations(RefusedSuccessFailsTheStep) == {Invariant.REFUSAL_CHANGES_NOTHING}
 
 
 class SilentlyIgnoresRefusals(Wrapped):
-    """Returns without raising where the machine refuses."""
+    """Returns without raising where the machine refuses, while the rollout is active."""
 
     def fire(self, rollout: Rollout, action: Action | str, step: str | None = None, **data: Any) -> None:
         try:
             super().fire(rollout, action, step, **data)
         except EventRefused:
-            return
+            if self.inner.status(rollout) != ACTIVE:
+                raise
 
 
 def test_silent_no_op_instead_of_refusal_is_caught() -> None:
-    assert Invariant.MATCHES_HISTORY in violations(SilentlyIgnoresRefusals)
+    # An ignored event that should have moved a step shows as a disagreement with the history;
+    # one that could never apply (succeed of a succeeded step) as an event outside the transitions.
+    found = violations(SilentlyIgnoresRefusals)
+    assert found <= {Invariant.MATCHES_HISTORY, Invariant.ONLY_DEFINED_TRANSITIONS}
+    assert found
+
+
+class ResumeRestartsFromScratch(Wrapped):
+    """Sends a failed step back to pending on ``resume``, as ``retry`` does."""
+
+    def fire(self, rollout: Rollout, action: Action | str, step: str | None = None, **data: Any) -> None:
+        super().fire(rollout, Action.RETRY if action == Action.RESUME else action, step, **data)
+
+
+def test_an_event_with_the_wrong_outcome_is_caught() -> None:
+    assert violations(ResumeRestartsFromScratch) == {Invariant.MATCHES_HISTORY}
 
 
 class AbortStopsEveryRollout(Wrapped):
@@ -199,20 +227,20 @@ class AbortStopsEveryRollout(Wrapped):
 
 
 def test_an_event_that_changes_another_rollout_is_caught() -> None:
-    assert Invariant.ROLLOUTS_INDEPENDENT in violations(AbortStopsEveryRollout)
+    assert violations(AbortStopsEveryRollout) == {Invariant.ROLLOUTS_INDEPENDENT}
 
 
-class SucceedImpliesStart(Wrapped):
-    """Accepts ``succeed`` of a pending step by starting it first."""
+class AcceptsRepeatedSuccess(Wrapped):
+    """Takes a success reported twice (a webhook delivered again) as accepted."""
 
     def fire(self, rollout: Rollout, action: Action | str, step: str | None = None, **data: Any) -> None:
-        if action == Action.SUCCEED and step and self.inner.phase(rollout, step) is Phase.PENDING:
-            super().fire(rollout, Action.START, step)
+        if action == Action.SUCCEED and step and self.inner.phase(rollout, step) is Phase.SUCCEEDED:
+            return
         super().fire(rollout, action, step, **data)
 
 
 def test_an_event_from_the_wrong_phase_is_caught() -> None:
-    assert Invariant.ONLY_DEFINED_TRANSITIONS in violations(SucceedImpliesStart)
+    assert violations(AcceptsRepeatedSuccess) == {Invariant.ONLY_DEFINED_TRANSITIONS}
 
 
 class NeverResumes(Wrapped):
@@ -223,5 +251,5 @@ class NeverResumes(Wrapped):
 
 
 def test_refusing_a_legal_event_is_caught() -> None:
-    assert Invariant.LEGAL_EVENTS_ACCEPTED in violations(NeverResumes)
+    assert violations(NeverResumes) == {Invariant.LEGAL_EVENTS_ACCEPTED}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +37,7 @@ from deploystate.diagram import FORMATS, REGENERATE, committed_diagrams, dot_pro
 from deploystate.errors import DeploystateError
 from deploystate.journal import MemoryStore, Store, UnknownRollout
 from deploystate.machine import RolloutMachine
-from deploystate.notices import StreamNotifier
+from deploystate.notices import LOG, FanOut, LogNotifier, StreamNotifier
 from deploystate.protocols import Backends, Notice
 from deploystate.replay import RolloutView, rebuild
 from deploystate.runner import Runner, RunResult, Stop
@@ -193,9 +194,27 @@ def _journal(path: Path, *, create: bool) -> Iterator[SQLiteStore]:
                                "or point --store (or [deploystate] store) at an existing journal")
     store = SQLiteStore(path)
     try:
-        yield store
+        with _structured_log(path.with_name(path.name + ".log")):
+            yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _structured_log(path: Path) -> Iterator[None]:
+    """Every notice as one JSON line in ``<journal>.log`` (LogNotifier's lines), for log shippers."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.INFO)
+    LOG.addHandler(handler)
+    previous = LOG.level
+    LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(previous)
+        handler.close()
 
 
 @contextlib.contextmanager
@@ -251,7 +270,9 @@ def _runner(store: Store, backends: Backends, config: Config, *, strategy: Strat
             auto_promote: str | None = None, progress: TextIO | None = None,
             origin: float | None = None, checkpoint: Callable[[str], None] | None = None) -> Runner:
     runner_config = attrs.evolve(config.runner_config(auto_promote=auto_promote), strategy=strategy)
-    notifier = _Progress(progress or sys.stdout, origin)
+    # Human progress lines, and the structured log (a file beside the journal; without one,
+    # warnings and errors still reach stderr through logging's last-resort handler).
+    notifier = FanOut([_Progress(progress or sys.stdout, origin), LogNotifier()])
     return Runner(store, backends, config=runner_config, notifier=notifier, checkpoint=checkpoint)
 
 

@@ -132,6 +132,7 @@ class RolloutMachine:
         # (state, trigger) -> next state, learnt from transitions itself; see fire().
         self._learnt: dict[tuple[tuple[str, ...] | str, str], tuple[str, ...] | str] = {}
         self._initial: tuple[str, ...] | str | None = None
+        self._triggers_from: dict[tuple[str, ...], tuple[str, ...]] = {}
         # "active.<step>.<phase>" -> (step, phase), so reading phases parses nothing.
         self._leaf: dict[str, tuple[str, Phase]] = {
             _state_path(s.name, p): (s.name, p) for s in spec.steps for p in Phase
@@ -290,7 +291,13 @@ class RolloutMachine:
         """Events that would be accepted now, by structure and joins (data aside)."""
         if self.status(rollout) != ACTIVE:
             return []
-        names = dict.fromkeys(self._machine.get_triggers(*_leaves(rollout.state)))
+        leaves = tuple(_leaves(rollout.state))
+        names = self._triggers_from.get(leaves)
+        if names is None:
+            if len(self._triggers_from) >= _LEARNT_LIMIT:
+                self._triggers_from.clear()
+            # Asking transitions walks every region (~4 ms for the seed); refusals ask often.
+            names = self._triggers_from[leaves] = tuple(dict.fromkeys(self._machine.get_triggers(*leaves)))
         result = []
         for name in names:
             action, step = self._trigger_to_event[name]

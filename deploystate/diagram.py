@@ -341,12 +341,17 @@ def _rollout_id(state: str) -> str:
     return f"Rollout_{state}"
 
 
-class _Mermaid:
+class _Renderer:
+    """What both formats draw from: the compiled machine, its step flow, an overlay."""
+
     def __init__(self, machine: RolloutMachine, overlay: Mapping[str, Phase], detail: bool) -> None:
         self.machine = machine
         self.overlay = overlay
         self.detail = detail
         self.flow = _flow(machine)
+
+
+class _Mermaid(_Renderer):
 
     def text(self) -> str:
         spec = self.machine.spec
@@ -463,12 +468,7 @@ _BAR: dict[str, str | float] = {
 }
 
 
-class _Dot:
-    def __init__(self, machine: RolloutMachine, overlay: Mapping[str, Phase], detail: bool) -> None:
-        self.machine = machine
-        self.overlay = overlay
-        self.detail = detail
-        self.flow = _flow(machine)
+class _Dot(_Renderer):
 
     def text(self) -> str:
         spec = self.machine.spec

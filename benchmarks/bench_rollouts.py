@@ -50,9 +50,10 @@ import attrs
 from deploystate import registry
 from deploystate.cli import main as cli_main
 from deploystate.config import load_config
-from deploystate.journal import Entry, MemoryStore, Record, Store
+from deploystate.journal import Entry, MemoryStore, Record
 from deploystate.machine import RolloutMachine
 from deploystate.notices import FanOut
+from deploystate.ports import Store
 from deploystate.replay import Machines, rebuild
 from deploystate.runner import Runner, RunnerConfig, Stop
 from deploystate.simulation import SIMULATED, catch_up_to_tag, release, settings_for_simulate

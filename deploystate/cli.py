@@ -35,10 +35,10 @@ from deploystate.config import Config, load_config
 from deploystate.crashpoint import checkpoint_hook
 from deploystate.diagram import FORMATS, REGENERATE, committed_diagrams, dot_program, render
 from deploystate.errors import DeploystateError
-from deploystate.journal import MemoryStore, Store, UnknownRollout
+from deploystate.journal import MemoryStore, UnknownRollout
 from deploystate.machine import RolloutMachine
 from deploystate.notices import LOG, FanOut, LogNotifier, StreamNotifier
-from deploystate.protocols import Backends, Notice
+from deploystate.ports import Backends, Notice, Store
 from deploystate.replay import RolloutView, rebuild
 from deploystate.runner import Runner, RunResult, Stop
 from deploystate.simulation import (

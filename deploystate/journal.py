@@ -16,7 +16,7 @@ import json
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
@@ -83,41 +83,8 @@ class Record:
                 "action": self.action, "step": self.step, "data": dict(self.data)}
 
 
-class Store(Protocol):
-    """Where records live.  Implementations: :class:`MemoryStore`, ``SQLiteStore``."""
-
-    def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
-        """Append after record ``expected_seq`` (0: the rollout must not exist yet).
-
-        Raises :class:`JournalConflict` if the rollout's last record is not ``expected_seq``.
-        Once this returns, the records are durable.
-        """
-        ...
-
-    def read(self, rollout_id: str, after: int = 0) -> list[Record]:
-        """A rollout's records after sequence number ``after``, in order.
-
-        :class:`UnknownRollout` if the rollout has no records at all.
-        """
-        ...
-
-    def read_all(self) -> dict[str, list[Record]]:
-        """Every rollout's records (one pass, for listings)."""
-        ...
-
-    def rollouts(self) -> list[str]:
-        ...
-
-    def hold(self, rollout_id: str) -> contextlib.AbstractContextManager[None]:
-        """Exclusive right to run ``rollout_id`` (released on exit, or when the process dies)."""
-        ...
-
-    def close(self) -> None:
-        ...
-
-
 class MemoryStore:
-    """A store in memory: for tests and for throw-away simulations."""
+    """A store in memory (:class:`deploystate.ports.Store`): for tests and throw-away simulations."""
 
     def __init__(self) -> None:
         self._records: dict[str, list[Record]] = {}

@@ -30,6 +30,7 @@ import attrs
 from transitions import MachineError
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
+from deploystate.actions import EVENTS, ROLLOUT_EVENTS, Action
 from deploystate.errors import EventRefused
 from deploystate.spec import Spec, Step, StepKind
 
@@ -47,18 +48,7 @@ class Phase(enum.StrEnum):
     FAILED = "failed"
 
 
-class Action(enum.StrEnum):
-    START = "start"
-    SUCCEED = "succeed"
-    FAIL = "fail"
-    RESUME = "resume"
-    RETRY = "retry"
-    SKIP = "skip"
-    FINISH = "finish"
-    ABORT = "abort"
-
-
-ROLLOUT_ACTIONS = frozenset({Action.FINISH, Action.ABORT})
+ROLLOUT_ACTIONS = ROLLOUT_EVENTS
 
 # (action, from phase, to phase) for every step; SKIP is added for bakes only.
 STEP_TRANSITIONS: tuple[tuple[Action, Phase, Phase], ...] = (
@@ -232,7 +222,10 @@ class RolloutMachine:
                 # An unknown action is a refused event like any other, not a crash in the caller.
                 raise EventRefused(describe_event(action, step), self.describe(rollout),
                                    self.allowed(rollout), f"unknown action {action!r}; actions: "
-                                   f"{', '.join(a.value for a in Action)}") from None
+                                   f"{', '.join(a.value for a in Action if a in EVENTS)}") from None
+        if action not in EVENTS:
+            raise EventRefused(describe_event(action, step), self.describe(rollout), self.allowed(rollout),
+                               f"{action.value} is a fact about a rollout, not an event of its machine")
         key = (action, step)
         trigger = self._triggers.get(key)
         if trigger is None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from deploystate.journal import Record
-from deploystate.protocols import Notice, Notifier
+from deploystate.ports import Notice, Notifier
 
 LOG = logging.getLogger("deploystate")
 RUNBOOK = "https://gitlab.com/gitlab-org/release/docs/-/tree/master/runbooks"

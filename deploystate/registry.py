@@ -5,7 +5,7 @@ A backend package (ours in ``backends/``, or a third party's) declares, in its p
     [project.entry-points."deploystate.backends"]
     mine = "my_package.module:create"
 
-where ``create(settings: Mapping[str, object]) -> deploystate.protocols.Backends`` checks its
+where ``create(settings: Mapping[str, object]) -> deploystate.ports.Backends`` checks its
 settings and raises a :class:`~deploystate.errors.DeploystateError` naming what is missing.
 """
 
@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from deploystate.errors import DeploystateError
-from deploystate.protocols import Backends
+from deploystate.ports import Backends
 
 GROUP = "deploystate.backends"
 BackendFactory = Callable[[Mapping[str, Any]], Backends]

@@ -22,16 +22,17 @@ from typing import Any
 import attrs
 
 from deploystate.errors import DeploystateError
-from deploystate.journal import Entry, JournalConflict, Record, Store
+from deploystate.journal import Entry, JournalConflict, Record
 from deploystate.machine import Action, Phase
 from deploystate.notices import LOG, LogNotifier, notice_for
-from deploystate.protocols import (
+from deploystate.ports import (
     BackendError,
     Backends,
     Deployment,
     Hints,
     Notifier,
     Outcome,
+    Store,
     TriggerRequest,
 )
 from deploystate.replay import (

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from deploystate.errors import DeploystateError
-from deploystate.protocols import Backends
+from deploystate.ports import Backends
 from deploystate.spec import Spec
 from deploystate.version import AUTO_DEPLOY_TAG
 

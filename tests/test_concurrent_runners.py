@@ -37,7 +37,7 @@ from deploystate.crashpoint import KILL_AT
 from deploystate.journal import Record
 from deploystate.machine import Action, Phase
 from deploystate.notices import FanOut
-from deploystate.protocols import Clock
+from deploystate.ports import Clock
 from deploystate.replay import TRIGGERED, RolloutView, rebuild
 from deploystate.runner import Runner, Stop
 from deploystate.simulation import SIMULATED, release, settings_for_store, world_beside

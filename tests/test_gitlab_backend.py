@@ -30,7 +30,7 @@ from deploystate_backends.gitlab_standin import (
 from standin_fixtures import DEPLOYER_TRIGGER_TOKEN, STANDIN_TOKEN, make_client
 
 from deploystate.clock import SystemClock
-from deploystate.protocols import BackendError, Backends, Outcome, TriggerRequest
+from deploystate.ports import BackendError, Backends, Outcome, TriggerRequest
 
 VERSION = "13.10.202103011220"
 CNG_TAG, OMNIBUS_TAG = package_tags(VERSION)

@@ -46,7 +46,7 @@ from standin_fixtures import DEPLOYER_TRIGGER_TOKEN, STANDIN_TOKEN, make_client
 from deploystate.crashpoint import KILL_AT
 from deploystate.journal import MemoryStore, Record
 from deploystate.machine import Action
-from deploystate.protocols import Notice
+from deploystate.ports import Notice
 from deploystate.replay import OBSERVED, TRIGGERED
 from deploystate.runner import Runner, RunnerConfig, Stop
 from deploystate.spec import default_spec

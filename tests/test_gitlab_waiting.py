@@ -37,7 +37,7 @@ from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
 from deploystate_backends.gitlab_standin.shared_clock import Member, SharedVirtualClock
 
 from deploystate.journal import MemoryStore
-from deploystate.protocols import Notice
+from deploystate.ports import Notice
 from deploystate.runner import Runner, RunnerConfig, RunResult, Stop
 from deploystate.spec import builtin_spec
 from deploystate.waiting import WaitPolicy

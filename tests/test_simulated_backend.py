@@ -30,7 +30,7 @@ from deploystate_backends.simulated.timeline import CREATED_S, QUEUE_S
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deploystate.protocols import (
+from deploystate.ports import (
     BackendError,
     Backends,
     Clock,
@@ -402,7 +402,7 @@ def test_hints_never_skip_a_change(seed, fates, unknown, gaps, acts):
 
 CHILD = textwrap.dedent("""
     import json, sys
-    from deploystate.protocols import TriggerRequest
+    from deploystate.ports import TriggerRequest
     from deploystate_backends.simulated import create
     settings = json.loads(sys.argv[1])
     backends = create(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from deploystate.clock import SystemClock
-from deploystate.protocols import Backends
+from deploystate.ports import Backends
 from deploystate_backends.gitlab.client import connect
 from deploystate_backends.gitlab.deployer import GitLabDeployer
 from deploystate_backends.gitlab.packages import GitLabPackages

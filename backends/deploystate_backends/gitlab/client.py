@@ -19,7 +19,7 @@ import gitlab
 import gitlab.exceptions
 import requests
 
-from deploystate.protocols import BackendError
+from deploystate.ports import BackendError
 from deploystate_backends.gitlab.settings import GitLabSettings
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Any
 
 import gitlab
 
-from deploystate.protocols import BackendError, Deployment, TriggerRequest
+from deploystate.ports import BackendError, Deployment, TriggerRequest
 from deploystate_backends.gitlab import client
 from deploystate_backends.gitlab.packages import GitLabPackages
 from deploystate_backends.gitlab.settings import GitLabSettings

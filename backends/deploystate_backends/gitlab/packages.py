@@ -10,7 +10,7 @@ from typing import Any
 
 import gitlab
 
-from deploystate.protocols import BackendError, Outcome, PackageBuild
+from deploystate.ports import BackendError, Outcome, PackageBuild
 from deploystate_backends.gitlab import client
 from deploystate_backends.gitlab.settings import GitLabSettings
 from deploystate_backends.gitlab.statuses import outcome

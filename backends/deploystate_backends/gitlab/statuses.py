@@ -6,7 +6,7 @@ not know is UNKNOWN: the runner treats it as still running and announces it, nev
 
 from __future__ import annotations
 
-from deploystate.protocols import Outcome
+from deploystate.ports import Outcome
 
 WAITING = frozenset({"created", "waiting_for_resource", "preparing", "pending", "running", "scheduled"})
 FAILED = frozenset({"failed", "canceled", "skipped", "manual"})

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from deploystate.protocols import (
+from deploystate.ports import (
     Clock,
     Deployer,
     Deployment,

@@ -1,7 +1,7 @@
 """Clocks the stand-in's world runs on: real, accelerated, or virtual (advanced by a test).
 
 Every clock answers ``now()`` in seconds since the epoch and ``sleep(seconds)``, so one
-instance can be shared with the code under test (it matches ``deploystate.protocols.Clock``).
+instance can be shared with the code under test (it matches ``deploystate.ports.Clock``).
 Pipelines move by themselves because the world compares their schedule with ``now()``
 whenever anyone looks; nothing runs in the background.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from deploystate.protocols import Backends
+from deploystate.ports import Backends
 from deploystate_backends.simulated.adapters import SimulatedDeployer, SimulatedPackages
 from deploystate_backends.simulated.clock import DEFAULT_START, VirtualClock
 from deploystate_backends.simulated.errors import SettingsError, UnknownDeployment, UnknownPackage, WorldError

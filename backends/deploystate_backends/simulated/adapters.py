@@ -7,7 +7,7 @@ whole world, so a runner that asks either one wakes exactly when anything change
 
 from __future__ import annotations
 
-from deploystate.protocols import Deployment, PackageBuild, TriggerRequest
+from deploystate.ports import Deployment, PackageBuild, TriggerRequest
 from deploystate_backends.simulated.timeline import CANCEL, RETRY
 from deploystate_backends.simulated.world import World
 

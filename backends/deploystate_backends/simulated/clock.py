@@ -55,7 +55,7 @@ class MemoryTime:
 
 
 class VirtualClock:
-    """Implements ``deploystate.protocols.Clock`` on virtual time."""
+    """Implements ``deploystate.ports.Clock`` on virtual time."""
 
     def __init__(self, start: float = DEFAULT_START, *, store: TimeStore | None = None) -> None:
         self.store: TimeStore = store if store is not None else MemoryTime(start)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploystate.errors import DeploystateError
-from deploystate.protocols import BackendError
+from deploystate.ports import BackendError
 
 
 class SettingsError(DeploystateError, ValueError):

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from deploystate.protocols import TriggerRequest
+from deploystate.ports import TriggerRequest
 from deploystate_backends.simulated.errors import WorldError
 from deploystate_backends.simulated.scenario import Scenario
 from deploystate_backends.simulated.timeline import Act

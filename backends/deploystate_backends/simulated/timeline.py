@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from deploystate.protocols import Outcome
+from deploystate.ports import Outcome
 from deploystate_backends.simulated.scenario import Behaviour, Scenario, Segment
 
 # GitLab's pipeline statuses, as the coordinator's original wait job sorted them.

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from deploystate.protocols import Deployment, PackageBuild, TriggerRequest
+from deploystate.ports import Deployment, PackageBuild, TriggerRequest
 from deploystate.spec import PACKAGES
 from deploystate_backends.simulated.clock import VirtualClock
 from deploystate_backends.simulated.errors import UnknownDeployment, UnknownPackage

@@ -1,0 +1,40 @@
+"""The one vocabulary of record actions.
+
+A record's action is either an event of the machine (it changes a step's phase or ends the
+rollout) or a fact around the events (it changes nothing the machine knows):
+
+- ``created``: the version, the spec the rollout runs with, and the settings chosen.  Record 1.
+- ``triggered``: the deployer accepted the trigger of a step's current attempt.
+- ``observed``: something seen outside that is worth keeping (an unknown status, a trigger in
+  doubt, a backend error that will be retried).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Action(enum.StrEnum):
+    # events of the machine
+    START = "start"
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    RESUME = "resume"
+    RETRY = "retry"
+    SKIP = "skip"
+    FINISH = "finish"
+    ABORT = "abort"
+    # facts
+    CREATED = "created"
+    TRIGGERED = "triggered"
+    OBSERVED = "observed"
+
+    @property
+    def is_event(self) -> bool:
+        return self in EVENTS
+
+
+EVENTS = frozenset({Action.START, Action.SUCCEED, Action.FAIL, Action.RESUME, Action.RETRY, Action.SKIP,
+                    Action.FINISH, Action.ABORT})
+FACTS = frozenset(set(Action) - EVENTS)
+ROLLOUT_EVENTS = frozenset({Action.FINISH, Action.ABORT})

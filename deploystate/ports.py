@@ -1,0 +1,291 @@
+"""Every port the core talks to: small protocols that adapters in ``backends/`` implement.
+
+Like httpx's transports: each protocol is a handful of methods with its contract in its
+docstring, a real implementation (GitLab, SQLite), an embedded default (the simulated backend,
+the memory store) and in-memory doubles for tests (:mod:`deploystate.doubles`).  The core in
+``deploystate/`` imports nothing else from the outside world.
+
+``close()`` releases what an implementation holds open (connections, listeners, files); the
+command line calls it when a command ends, and embedders should too (``Backends`` and stores are
+context managers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from deploystate.errors import DeploystateError
+
+if TYPE_CHECKING:
+    from deploystate.journal import Entry, Record
+
+
+class Outcome(enum.StrEnum):
+    """What a status from outside means to a rollout."""
+
+    WAITING = "waiting"  # not finished yet (created, pending, running, ...)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # failed, canceled, skipped
+    MISSING = "missing"  # does not exist (yet)
+    UNKNOWN = "unknown"  # a status we do not know: treated as waiting, and announced
+
+
+class BackendError(DeploystateError):
+    """An outside system failed.  ``transient`` errors are retried later; others need a human.
+
+    After a transient error on ``trigger`` nobody knows whether the deployment started: the
+    runner looks the idempotency key up before it triggers again.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _environments(value: object) -> tuple[str, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else (str(value),)
+
+
+@attrs.frozen
+class TriggerRequest:
+    """Deploy ``version`` to ``environments`` at deployer ref ``ref``.
+
+    ``key`` is the idempotency key: the deployer must be able to find a deployment by it, so
+    that a runner resuming after a crash can learn whether its trigger really happened.
+    """
+
+    key: str = attrs.field(validator=attrs.validators.min_len(1))
+    version: str = attrs.field(validator=attrs.validators.min_len(1))
+    environments: tuple[str, ...] = attrs.field(converter=_environments,
+                                                validator=attrs.validators.min_len(1))
+    ref: str = attrs.field(validator=attrs.validators.min_len(1))
+    check_mode: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    user: str = "deploystate"
+
+
+@attrs.frozen
+class Deployment:
+    """A deployer's record of one triggered deployment (e.g. a downstream pipeline)."""
+
+    id: str
+    key: str
+    status: str  # the deployer's own word, e.g. "running"
+    outcome: Outcome
+    web_url: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    """Starts deployments and reports on them.  The deployment's own status is the truth."""
+
+    def trigger(self, request: TriggerRequest) -> Deployment:
+        """Start a deployment.  Must not be retried blindly: on doubt, ``find(key)`` first."""
+        ...
+
+    def status(self, deployment_id: str) -> Deployment:
+        """The deployment's own current status (the truth, not a mirror of it)."""
+        ...
+
+    def find(self, key: str) -> Deployment | None:
+        """The deployment triggered with idempotency ``key``, or None if there is none."""
+        ...
+
+    def cancel(self, deployment_id: str) -> Deployment:
+        """Ask the deployer to stop a running deployment; returns its status after asking."""
+        ...
+
+
+@attrs.frozen
+class PackageBuild:
+    """The newest build of one package for a version, as the package builder reports it."""
+
+    package: str
+    tag: str
+    status: str
+    outcome: Outcome
+    web_url: str | None = None
+
+
+@runtime_checkable
+class PackageWatcher(Protocol):
+    def status(self, package: str, version: str) -> PackageBuild:
+        """The newest build of ``package`` for ``version``; MISSING if there is none yet."""
+        ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch (virtual clocks start wherever they like)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a clock may end the wait early, e.g. when a webhook arrives)."""
+        ...
+
+
+@attrs.frozen
+class Notice:
+    """One thing worth telling people: every journal record becomes one."""
+
+    rollout_id: str
+    at: float
+    severity: str  # "info", "warning" or "error"
+    message: str
+    action: str
+    step: str | None = None
+    data: Mapping[str, object] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    def notify(self, notice: Notice) -> None:
+        """Tell people.  Must not raise for a rollout's sake; the runner reports it if it does."""
+        ...
+
+
+@runtime_checkable
+class Hints(Protocol):
+    """Optional, on a deployer: it knows when its next change happens (simulations do).
+
+    The runner then wakes exactly then instead of polling; real backends need not implement it.
+    """
+
+    def next_change_at(self) -> float | None:
+        ...
+
+
+class TriggerLike(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def environments(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class TriggerLog(Protocol):
+    """Optional, on a deployer: every trigger it ever received (simulations keep one).
+
+    Summaries then compare the journal's count of triggers with the deployer's own.
+    """
+
+    def triggers(self) -> Sequence[TriggerLike]:
+        ...
+
+
+@attrs.frozen
+class Summary:
+    """What a store keeps beside a rollout's records so listings need not replay them.
+
+    ``seq`` is the record it describes; ``data`` is plain JSON made by the core's model
+    (:func:`deploystate.rollout.summary_of`), opaque to the store.
+    """
+
+    seq: int
+    data: Mapping[str, Any]
+
+
+class Store(Protocol):
+    """Where records live.  Implementations: ``MemoryStore``, ``SQLiteStore``.
+
+    Records are appended, never rewritten.  Appends name the sequence number they expect to
+    follow, so of two writers deciding on the same state only one writes.
+    """
+
+    def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
+               summary: Mapping[str, Any] | None = None) -> list[Record]:
+        """Append after record ``expected_seq`` (0: the rollout must not exist yet).
+
+        Raises ``JournalConflict`` if the rollout's last record is not ``expected_seq``.  Once this
+        returns, the records are durable.  ``summary`` (the rollout after these records) is kept
+        in the same transaction; without one, the rollout's summary is marked stale.
+        """
+        ...
+
+    def read(self, rollout_id: str, after: int = 0) -> list[Record]:
+        """A rollout's records after sequence number ``after``, in order.
+
+        ``UnknownRollout`` if the rollout has no records at all.
+        """
+        ...
+
+    def read_all(self) -> dict[str, list[Record]]:
+        """Every rollout's records (one pass)."""
+        ...
+
+    def rollouts(self) -> list[str]:
+        """Every rollout id in the store."""
+        ...
+
+    def last_seq(self, rollout_id: str) -> int:
+        """The rollout's last sequence number, 0 if it does not exist.  Cheap (no record is read)."""
+        ...
+
+    def summaries(self) -> dict[str, tuple[int, Summary | None]]:
+        """Every rollout: its last sequence number and its latest summary (None if none).
+
+        A summary whose ``seq`` is not the last one is stale: the reader rebuilds that rollout.
+        """
+        ...
+
+    def hold(self, rollout_id: str) -> contextlib.AbstractContextManager[None]:
+        """Exclusive right to run ``rollout_id`` (released on exit, or when the process dies).
+
+        ``RolloutBusy`` if another holder has it.
+        """
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def accept_any_version(version: str) -> str:
+    """The default version check: the store's own rules on ids are enough."""
+    return version
+
+
+def _nothing_to_close() -> None:
+    return None
+
+
+@attrs.frozen
+class Backends:
+    """What a backend factory (entry point group ``deploystate.backends``) returns.
+
+    Beside the three ports it says how its rollouts are named and linked:
+
+    - ``check_version(text)`` returns the version or raises a ``DeploystateError`` saying what a
+      version must look like for this backend (GitLab's: an auto-deploy tag);
+    - ``prepare(version)`` is called once when a rollout is created (a simulated world moves its
+      clock to when the version was tagged);
+    - ``runbook`` is a link given in failure notices;
+    - ``closer`` releases what the backend holds open; call :meth:`close` (or use ``with``).
+    """
+
+    deployer: Deployer
+    packages: PackageWatcher
+    clock: Clock
+    description: str = ""
+    check_version: Callable[[str], str] = accept_any_version
+    prepare: Callable[[str], None] = attrs.field(default=lambda version: None)
+    runbook: str | None = None
+    closer: Callable[[], None] = _nothing_to_close
+
+    def close(self) -> None:
+        self.closer()
+
+    def __enter__(self) -> Backends:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()

@@ -20,16 +20,16 @@ from typing import Any
 
 import attrs
 
+from deploystate.actions import EVENTS
 from deploystate.errors import EventRefused
 from deploystate.journal import JournalCorrupt, Record
 from deploystate.machine import ACTIVE, Action, Phase, Rollout, RolloutMachine
 from deploystate.spec import Spec, StepKind
 
-CREATED = "created"
-TRIGGERED = "triggered"
-OBSERVED = "observed"
-FACTS = frozenset({CREATED, TRIGGERED, OBSERVED})
-MACHINE_ACTIONS = frozenset(a.value for a in Action)
+CREATED = Action.CREATED.value
+TRIGGERED = Action.TRIGGERED.value
+OBSERVED = Action.OBSERVED.value
+MACHINE_ACTIONS = frozenset(a.value for a in EVENTS)
 
 
 @attrs.define

@@ -17,9 +17,9 @@ from deploystate.journal import (
     JournalError,
     MemoryStore,
     RolloutBusy,
-    Store,
     UnknownRollout,
 )
+from deploystate.ports import Store
 from deploystate.sqlite_store import SQLiteStore
 
 

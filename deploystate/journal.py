@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from deploystate.errors import DeploystateError
+from deploystate.ports import Summary
 
 JSONValue = Any  # what json.dumps accepts
 
@@ -84,28 +85,40 @@ class Record:
 
 
 class MemoryStore:
-    """A store in memory (:class:`deploystate.ports.Store`): for tests and throw-away simulations."""
+    """A store in memory (:class:`deploystate.ports.Store`): for tests and throw-away simulations.
+
+    It keeps the same promises as :class:`deploystate.sqlite_store.SQLiteStore` (an append and
+    its summary are one step; a summary is kept as JSON text, so readers get what a file would
+    give back), minus durability.
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, list[Record]] = {}
+        self._summaries: dict[str, tuple[int, str]] = {}  # rollout -> (seq it describes, JSON)
         self._lock = threading.Lock()
         self._held: set[str] = set()
 
-    def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+    def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
+               summary: Mapping[str, JSONValue] | None = None) -> list[Record]:
+        text = None if summary is None else summary_text(summary)
         with self._lock:
             existing = self._records.get(rollout_id, [])
             last = existing[-1].seq if existing else 0
             if last != expected_seq:
                 raise conflict(rollout_id, expected_seq, last)
+            if not entries and not existing:
+                return []  # nothing to append, and no rollout to keep a summary for
             made = [_record(rollout_id, last + i + 1, e) for i, e in enumerate(entries)]
             self._records[rollout_id] = [*existing, *made]
+            if text is not None:
+                self._summaries[rollout_id] = (last + len(made), text)
             return made
 
     def read(self, rollout_id: str, after: int = 0) -> list[Record]:
         with self._lock:
             if rollout_id not in self._records:
                 raise unknown(rollout_id, list(self._records))
-            return self._records[rollout_id][after:]
+            return self._records[rollout_id][max(after, 0):]
 
     def read_all(self) -> dict[str, list[Record]]:
         with self._lock:
@@ -114,6 +127,18 @@ class MemoryStore:
     def rollouts(self) -> list[str]:
         with self._lock:
             return list(self._records)
+
+    def last_seq(self, rollout_id: str) -> int:
+        with self._lock:
+            records = self._records.get(rollout_id)
+            return records[-1].seq if records else 0
+
+    def summaries(self) -> dict[str, tuple[int, Summary | None]]:
+        with self._lock:
+            kept = {rid: (records[-1].seq, self._summaries.get(rid))
+                    for rid, records in self._records.items()}
+        return {rid: (last, None if s is None else Summary(s[0], json.loads(s[1])))
+                for rid, (last, s) in kept.items()}
 
     @contextlib.contextmanager
     def hold(self, rollout_id: str) -> Iterator[None]:
@@ -129,6 +154,22 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def summary_text(summary: Mapping[str, JSONValue]) -> str:
+    """``summary`` as the JSON text stores keep; ``JournalError`` if it is not a plain JSON object."""
+    if not isinstance(summary, Mapping):
+        raise JournalError(f"a rollout summary must be a mapping, got {type(summary).__name__}")
+    try:
+        return json.dumps(summary, allow_nan=False, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise JournalError(f"rollout summary must be plain JSON: {error}") from None
 
 
 def _record(rollout_id: str, seq: int, entry: Entry) -> Record:

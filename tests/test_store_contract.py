@@ -1,0 +1,222 @@
+"""The Store contract (deploystate.ports.Store), one suite run against every store.
+
+Each test gets a ``Stores`` that opens the store under test; ``reopen()`` gives the same journal
+again as a new process would see it (for the memory store: the same object, which has no
+file to reopen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from deploystate.journal import (
+    Entry,
+    JournalConflict,
+    JournalError,
+    MemoryStore,
+    UnknownRollout,
+)
+from deploystate.ports import Store, Summary
+from deploystate.sqlite_store import SQLiteStore
+
+RID = "13.10.202103011220"
+OTHER = "13.10.202103021340"
+
+
+class Stores:
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self._open = open_store
+        self.opened: list[Store] = []
+        self.store = self.reopen()
+
+    def reopen(self) -> Store:
+        store = self._open()
+        self.opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    if request.param == "memory":
+        memory = MemoryStore()
+        made = Stores(lambda: memory)
+    else:
+        made = Stores(lambda: SQLiteStore(tmp_path / "journal.sqlite"))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def store(stores: Stores) -> Store:
+    return stores.store
+
+
+def entry(action: str = "start", step: str | None = "tag", **data: object) -> Entry:
+    return Entry(action, 1000.0, "tester", step, data)
+
+
+def created() -> Entry:
+    return entry("created", None, version=RID)
+
+
+def test_appends_name_the_record_they_follow(store: Store) -> None:
+    assert [r.seq for r in store.append(RID, 0, [created()])] == [1]
+    made = store.append(RID, 1, [entry(key="k/1"), entry("succeed")])
+    assert [(r.rollout_id, r.seq, r.action) for r in made] == [(RID, 2, "start"), (RID, 3, "succeed")]
+    assert made[0].data == {"key": "k/1"}
+    assert [r.seq for r in store.append(RID, 3, [entry("start", "trigger_gstg")])] == [4]
+    records = store.read(RID)
+    assert [(r.seq, r.action, r.step) for r in records] == [
+        (1, "created", None), (2, "start", "tag"), (3, "succeed", "tag"), (4, "start", "trigger_gstg")]
+    assert records[0].data == {"version": RID}
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3])
+def test_a_conflicting_append_writes_nothing(store: Store, expected: int) -> None:
+    store.append(RID, 0, [created()])
+    store.append(RID, 1, [entry()], summary={"status": "running", "seq": 2})
+    with pytest.raises(JournalConflict):
+        store.append(RID, expected, [entry("fail"), entry("retry")], summary={"status": "failed"})
+    assert [r.action for r in store.read(RID)] == ["created", "start"]
+    assert store.last_seq(RID) == 2
+    assert store.summaries() == {RID: (2, Summary(2, {"status": "running", "seq": 2}))}
+
+
+def test_conflict_messages_say_what_happened(store: Store) -> None:
+    store.append(RID, 0, [created()])
+    store.append(RID, 1, [entry()])
+    with pytest.raises(JournalConflict, match="already exists"):
+        store.append(RID, 0, [created()])
+    with pytest.raises(JournalConflict, match="expected record 1, found 2"):
+        store.append(RID, 1, [entry("fail")])
+
+
+def test_a_new_rollout_must_expect_nothing(store: Store) -> None:
+    with pytest.raises(JournalConflict, match="expected record 3, found 0"):
+        store.append(RID, 3, [created()])
+    assert store.rollouts() == []
+    assert store.last_seq(RID) == 0
+    assert store.summaries() == {}
+
+
+def test_read_after_gives_only_newer_records(store: Store) -> None:
+    store.append(RID, 0, [created(), entry(), entry("succeed")])
+    assert [r.seq for r in store.read(RID, after=1)] == [2, 3]
+    assert store.read(RID, after=3) == []
+    assert store.read(RID, after=10) == []
+    store.append(RID, 3, [entry("start", "wait_cng")])
+    assert [(r.seq, r.step) for r in store.read(RID, after=3)] == [(4, "wait_cng")]
+
+
+def test_unknown_rollouts(store: Store) -> None:
+    with pytest.raises(UnknownRollout, match="the journal is empty"):
+        store.read(RID)
+    store.append(OTHER, 0, [created()])
+    for after in (0, 1, 5):
+        with pytest.raises(UnknownRollout, match=f"no rollout {RID}.*known rollouts: {OTHER}"):
+            store.read(RID, after=after)
+    assert store.last_seq(RID) == 0
+    assert RID not in store.summaries()
+
+
+def test_rollouts_and_read_all(store: Store) -> None:
+    store.append(RID, 0, [created(), entry()])
+    store.append(OTHER, 0, [created()])
+    assert sorted(store.rollouts()) == [RID, OTHER]
+    everything = store.read_all()
+    assert sorted(everything) == [RID, OTHER]
+    assert everything[RID] == store.read(RID) and everything[OTHER] == store.read(OTHER)
+
+
+def test_last_seq_follows_appends(store: Store) -> None:
+    assert store.last_seq(RID) == 0
+    store.append(RID, 0, [created()])
+    assert store.last_seq(RID) == 1
+    store.append(RID, 1, [entry(), entry("succeed"), entry("start", "wait_cng")])
+    assert store.last_seq(RID) == 4
+    assert store.last_seq(OTHER) == 0
+
+
+def test_summaries_are_kept_with_their_appends(store: Store) -> None:
+    store.append(RID, 0, [created()], summary={"status": "created", "steps": {"tag": "pending"}})
+    assert store.summaries() == {RID: (1, Summary(1, {"status": "created", "steps": {"tag": "pending"}}))}
+    store.append(RID, 1, [entry(), entry("succeed")], summary={"status": "running", "done": ["tag"]})
+    store.append(OTHER, 0, [created()], summary={"status": "created"})
+    assert store.summaries() == {
+        RID: (3, Summary(3, {"status": "running", "done": ["tag"]})),
+        OTHER: (1, Summary(1, {"status": "created"})),
+    }
+
+
+def test_an_append_without_summary_makes_it_stale(store: Store) -> None:
+    store.append(RID, 0, [created()])
+    assert store.summaries() == {RID: (1, None)}  # never had one
+    store.append(RID, 1, [entry()], summary={"status": "running"})
+    store.append(RID, 2, [entry("succeed")])
+    last, summary = store.summaries()[RID]
+    assert last == 3
+    assert summary == Summary(2, {"status": "running"})  # the latest one, describing record 2
+    assert summary.seq != last  # stale: readers rebuild this rollout
+    store.append(RID, 3, [entry("start", "wait_cng")], summary={"status": "waiting"})
+    assert store.summaries()[RID] == (4, Summary(4, {"status": "waiting"}))
+
+
+def test_summaries_must_be_plain_json_and_are_checked_before_writing(store: Store) -> None:
+    store.append(RID, 0, [created()], summary={"status": "created"})
+    with pytest.raises(JournalError, match="plain JSON"):
+        store.append(RID, 1, [entry()], summary={"when": object()})
+    with pytest.raises(JournalError, match="plain JSON"):
+        store.append(RID, 1, [entry()], summary={"ratio": float("nan")})
+    assert store.last_seq(RID) == 1
+    assert store.summaries() == {RID: (1, Summary(1, {"status": "created"}))}
+
+
+def test_a_summary_is_a_copy(store: Store) -> None:
+    given: dict[str, object] = {"status": "running", "steps": ["tag"]}
+    store.append(RID, 0, [created()], summary=given)
+    given["status"] = "changed by the caller"
+    read = store.summaries()[RID][1]
+    assert read is not None and read.data == {"status": "running", "steps": ["tag"]}
+
+
+def test_nothing_appended_to_nothing_creates_no_rollout(store: Store) -> None:
+    assert store.append(RID, 0, [], summary={"status": "created"}) == []
+    assert store.rollouts() == [] and store.summaries() == {} and store.last_seq(RID) == 0
+
+
+def test_reopening_keeps_everything(stores: Stores) -> None:
+    first = stores.store
+    first.append(RID, 0, [created(), entry(key=f"{RID}/tag/1")], summary={"status": "running"})
+    first.append(RID, 2, [entry("succeed")])
+    first.append(OTHER, 0, [created()], summary={"status": "created", "n": 1.5})
+    before = (first.read_all(), first.summaries(), sorted(first.rollouts()))
+    first.close()
+    again = stores.reopen()
+    assert (again.read_all(), again.summaries(), sorted(again.rollouts())) == before
+    assert again.last_seq(RID) == 3 and again.last_seq(OTHER) == 1
+    assert again.summaries()[RID] == (3, Summary(2, {"status": "running"}))
+    with pytest.raises(JournalConflict):
+        again.append(RID, 2, [entry("fail")])
+    again.append(RID, 3, [entry("start", "wait_cng")], summary={"status": "waiting"})
+    assert again.summaries()[RID] == (4, Summary(4, {"status": "waiting"}))
+
+
+def test_a_second_handle_sees_appends_of_the_first(stores: Stores) -> None:
+    """Two handles on one journal (for SQLite: two connections, as two processes would have)."""
+    one, two = stores.store, stores.reopen()
+    one.append(RID, 0, [created()], summary={"status": "created"})
+    assert two.last_seq(RID) == 1
+    two.append(RID, 1, [entry()], summary={"status": "running"})
+    with pytest.raises(JournalConflict, match="expected record 1, found 2"):
+        one.append(RID, 1, [entry("abort", None)], summary={"status": "aborted"})
+    assert one.summaries() == {RID: (2, Summary(2, {"status": "running"}))}
+    assert [r.action for r in one.read(RID, after=1)] == ["start"]

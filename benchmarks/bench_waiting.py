@@ -8,7 +8,7 @@ Run from the repository root::
 One scenario, three waiting policies side by side, the same seeded durations for each:
 
 (a) fixed 60-second polling, as the original coordinator did;
-(b) ours: GitLab Pipeline Hooks wake the runner, safety polls (``WaitPolicy.behind_webhooks()``)
+(b) ours: GitLab Pipeline Hooks wake the runner, safety polls (``gitlab.watching.SAFETY_POLLS``)
     catch lost hooks;
 (c) adaptive polling without webhooks (``WaitPolicy()``), for information.
 

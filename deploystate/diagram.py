@@ -6,7 +6,7 @@ only for what the machine does not know (a step's kind, environments and bake ti
 for short notes).  So a diagram shows what the running machine will actually do, and a change
 to the spec or to the machine shows up in the committed diagrams (see the drift test).
 
-Two outputs: Mermaid ``stateDiagram-v2`` (renders on GitLab and GitHub) and Graphviz DOT
+Two outputs: Mermaid ``stateDiagram-v2`` (rendered by most code hosts' Markdown) and Graphviz DOT
 source, both written as text here; :func:`render_svg` runs the ``dot`` program when present.
 
 Ids we add (fork and join bars, phase states, legend entries) contain an upper-case letter,

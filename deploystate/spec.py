@@ -20,9 +20,9 @@ import attrs
 
 from deploystate.errors import SpecError
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ENVIRONMENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-PACKAGES = ("cng", "omnibus")
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+ENVIRONMENT_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+PACKAGE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 DEFAULT_BAKE_SECONDS = 30 * 60
 
 
@@ -43,7 +43,7 @@ def _fail(step: str, problem: str, fix: str) -> SpecError:
 
 
 def _check_name(instance: Step, _attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise SpecError(
             f"step name {value!r} is not valid; use 1-64 characters of lower-case letters, "
             "digits and '_', starting with a letter"
@@ -105,21 +105,26 @@ class Step:
         if kind is StepKind.DEPLOYMENT:
             if self.environment is None:
                 raise _fail(self.name, "a deployment needs an environment",
-                            'set environment = "gstg" (for example)')
+                            'set environment = "staging" (for example)')
         elif self.environment is not None:
             raise _fail(self.name, f"environment is only for deployments, not {kind.value}",
                         "remove environment")
         if kind is StepKind.LEGACY_DEPLOYMENT:
             if not self.environments:
                 raise _fail(self.name, "a legacy deployment needs its environments",
-                            'set environments = ["gstg", "gprd-cny", "gprd"]')
+                            'set environments = ["staging", "canary", "production"]')
         elif self.environments:
             raise _fail(self.name, "environments is only for legacy_deployment",
                         "remove environments, or use environment for one deployment")
         if kind is StepKind.PACKAGE_WAIT:
-            if self.package not in PACKAGES:
-                raise _fail(self.name, f"package must be one of {', '.join(PACKAGES)}, "
-                            f"got {self.package!r}", 'set package = "cng" or "omnibus"')
+            # Which packages exist is the backend's business; the spec only checks the name's shape.
+            if self.package is None:
+                raise _fail(self.name, "a package wait needs its package",
+                            'set package = "image" (a package name your backend builds)')
+            if not PACKAGE_RE.fullmatch(self.package):
+                raise _fail(self.name, f"package {self.package!r} is not a valid package name",
+                            "use 1-64 lower-case letters, digits, '-' and '_', starting with a letter "
+                            "(like web-image)")
         elif self.package is not None:
             raise _fail(self.name, "package is only for package_wait", "remove package")
         if self.protected and kind is not StepKind.DEPLOYMENT:
@@ -145,14 +150,14 @@ class Step:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise _fail(self.name, f"{field} must be {expected.__name__}, got {value!r}",
                             f"fix the type of {field}")
-        if self.environment is not None and not ENVIRONMENT_RE.match(self.environment):
+        if self.environment is not None and not ENVIRONMENT_RE.fullmatch(self.environment):
             raise _fail(self.name, f"environment {self.environment!r} is not a valid name",
-                        "use lower-case letters, digits and '-' (like gprd-cny)")
+                        "use lower-case letters, digits and '-' (like production-canary)")
         if not isinstance(self.environments, tuple) or not all(
-            isinstance(e, str) and ENVIRONMENT_RE.match(e) for e in self.environments
+            isinstance(e, str) and ENVIRONMENT_RE.fullmatch(e) for e in self.environments
         ):
             raise _fail(self.name, f"environments must be a list of environment names, got "
-                        f"{self.environments!r}", 'write environments = ["gstg", "gprd"]')
+                        f"{self.environments!r}", 'write environments = ["staging", "production"]')
         if len(set(self.environments)) != len(self.environments):
             raise _fail(self.name, f"environments lists an environment twice: {list(self.environments)}",
                         "list each environment once")

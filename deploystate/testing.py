@@ -12,12 +12,12 @@ Check your own spec from your own test suite (pytest or unittest collects the ``
 
 The rules open rollouts on one machine (two active at a time, each opened part-way into a
 walk towards done) and fire random events at them: legal ones with the data they need, and
-illegal ones: every action on every step, on no step and on an unknown one, ``finish`` and
-``abort``, starts whose needs have not succeeded, restarts without ``retry``, with and without
-``by`` and ``reason``, ``elapsed_s`` below or above a bake's duration.  Steps fail and are
-resumed or retried; gates are decided well or badly; operators abort.  The rules keep their own
-record of every accepted event (the oracle, never the machine's view) and check, after every
-single event, each :class:`Invariant`:
+illegal ones: every action (facts such as ``triggered`` too) on every step, on no step and on an
+unknown one, ``finish`` and ``abort``, starts whose needs have not succeeded, restarts without
+``retry``, with and without ``by`` and ``reason``, ``elapsed_s`` below or above a bake's duration.
+Steps fail and are resumed or retried; gates are decided well or badly; operators abort.  The
+rules keep their own record of every accepted event (the oracle, never the machine's view) and
+check, after every single event, each :class:`Invariant`:
 
 * a step never starts before every step it needs has succeeded;
 * a protected deployment never starts unless every gate before it (``spec.ancestors``) is
@@ -70,9 +70,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from deploystate.actions import EVENTS, Action
 from deploystate.errors import EventRefused
-from deploystate.machine import ABORTED, ACTIVE, DONE, Action, Phase, RolloutMachine
-from deploystate.spec import GATE_KINDS, PACKAGES, Spec, Step, StepKind
+from deploystate.machine import ABORTED, ACTIVE, DONE, Phase, RolloutMachine
+from deploystate.spec import GATE_KINDS, Spec, Step, StepKind
 
 __all__ = [
     "Event",
@@ -196,7 +197,7 @@ class RolloutRecord:
             self.status = DONE
         elif event.action is Action.ABORT:
             self.status = ABORTED
-        elif event.step in self.phases:
+        elif event.step in self.phases and event.action in DEST:
             self.phases[event.step] = DEST[event.action]
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -467,6 +468,8 @@ class RolloutRules(RuleBasedStateMachine):
         if record.status != ACTIVE:
             return False
         data = event.data
+        if event.action not in EVENTS:
+            return False  # a fact about a rollout (created, triggered, ...), not an event of its machine
         if event.action is Action.FINISH:
             return event.step is None and all(p is Phase.SUCCEEDED for p in record.phases.values())
         if event.action is Action.ABORT:
@@ -602,7 +605,9 @@ class RolloutRules(RuleBasedStateMachine):
 
     def an_accepted_event_follows_a_transition(self, record: RolloutRecord, sent: Event,
                                                phase_before: Phase | None) -> None:
-        if sent.action in (Action.FINISH, Action.ABORT):
+        if sent.action not in SOURCE and sent.action not in (Action.FINISH, Action.ABORT):
+            problem = f"{sent.action.value} is a fact about a rollout, not an event of its machine"
+        elif sent.action in (Action.FINISH, Action.ABORT):
             problem = f"{sent.action.value} applies to the whole rollout" if sent.step else ""
         elif sent.step is None or phase_before is None:
             problem = f"{sent.action.value} needs a step of the spec, got {sent.step!r}"
@@ -706,7 +711,9 @@ def rollout_rules(
     return type(name, (RolloutRules,), namespace)
 
 
-ENVIRONMENTS = ("gstg", "gprd-cny", "gprd", "gstg-cny", "pre", "release", "ops", "dr")
+ENVIRONMENTS = ("staging", "canary", "production", "staging-canary", "pre", "release", "ops", "dr")
+# Package names are the backend's business: any name of the right shape will do for the machine.
+PACKAGES = ("image", "package", "web-image", "docs_site")
 
 
 @st.composite

@@ -5,9 +5,9 @@ takes an hour will not be done after five minutes.  We look rarely while a step 
 expected end and often once it is near or past it, with a cap either way.
 
 Polling alone cannot be both fast and cheap when durations vary: to notice an end within
-seconds it must look every few seconds near the end.  With GitLab's pipeline webhooks a change
-wakes the runner at once, and polls are only a safety net for lost hooks: ``behind_webhooks()``
-is that net's policy, the same shape with longer intervals.
+seconds it must look every few seconds near the end.  A backend that receives webhooks wakes the
+runner at once when something changes, and its polls are only a safety net for lost hooks: such
+a backend keeps its own policy for that net, the same shape with longer intervals.
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ class WaitPolicy:
     # The original's behaviour (a fixed interval), kept for comparison in benchmarks.
     fixed_interval_s: float | None = None
     expected_s: Mapping[str, float] = attrs.field(factory=lambda: dict(DEFAULT_EXPECTED_S))
-
-    @classmethod
-    def behind_webhooks(cls) -> WaitPolicy:
-        """Safety polls while webhooks report changes: a lost hook is noticed within minutes."""
-        return cls(min_interval_s=150.0, max_interval_s=1200.0, approach=0.5)
 
     def expected_for(self, kind: str) -> float:
         return self.expected_s.get(kind, 60 * 60)

@@ -16,6 +16,7 @@ import attrs
 import gitlab
 import gitlab.utils
 import pytest
+from deploystate_backends.autodeploy import BadVersion
 from deploystate_backends.gitlab import GitLabSettings, GitLabSettingsError, RehearsalClock, create
 from deploystate_backends.gitlab import client as gitlab_client
 from deploystate_backends.gitlab_standin import (
@@ -415,3 +416,34 @@ def test_a_rehearsal_clock_runs_at_the_stand_ins_speed_from_the_shared_anchor():
 
     # anchor + (wall - anchor) * 600: the same in every process that shares the anchor.
     assert anchor + (before - anchor) * 600 <= now <= anchor + (after - anchor) * 600
+
+
+# --- what the backend says about its rollouts: versions, runbook, closing -------------------------
+
+
+@pytest.mark.parametrize("text", ["x", "13.10.202103011220\n", "13.10.202103011220-rc1",
+                                  "v13.10.202103011220"])
+def test_versions_must_be_auto_deploy_tags(text):
+    made = create(BASE, ENV)
+    with pytest.raises(BadVersion) as refused:
+        made.check_version(text)
+    assert str(refused.value) == (f"version {text!r} is not an auto-deploy tag; expected "
+                                  "MAJOR.MINOR.YYYYMMDDHHMM (UTC), e.g. 13.10.202103011220")
+    assert made.check_version(VERSION) == VERSION
+    made.prepare(VERSION)  # nothing to prepare on GitLab's side
+
+
+def test_failure_notices_link_the_release_runbooks():
+    assert create(BASE, ENV).runbook == "https://gitlab.com/gitlab-org/release/docs/-/tree/master/runbooks"
+
+
+def test_closing_the_backends_closes_python_gitlabs_connections(built):
+    backends = backends_for(built)
+    assert backends.packages.status("cng", VERSION).outcome is Outcome.SUCCEEDED
+    session = backends.packages._gl.session  # type: ignore[attr-defined]
+    pools = session.get_adapter(built.url).poolmanager.pools
+    assert len(pools) == 1  # the connection kept open for the next request
+
+    backends.close()
+
+    assert len(pools) == 0

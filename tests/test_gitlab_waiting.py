@@ -22,7 +22,7 @@ import requests
 from deploystate_backends.gitlab import create
 from deploystate_backends.gitlab.hooks import HookReceiver, PipelineEvent
 from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsError
-from deploystate_backends.gitlab.watching import WatchingDeployer, Webhooks, watch
+from deploystate_backends.gitlab.watching import SAFETY_POLLS, WatchingDeployer, Webhooks, watch
 from deploystate_backends.gitlab_standin import (
     CNG,
     DEPLOYER,
@@ -239,7 +239,7 @@ def test_safety_polls_catch_changes_when_every_hook_is_lost(caplog: pytest.LogCa
         assert "no webhook announcing it" in caplog.text
         # Later than a hook would have been, but within one safety interval (these deployments end
         # long before the expected hour, where the safety polls are furthest apart).
-        assert 1.0 < gap(r, "gstg", "gprd-cny") <= WaitPolicy.behind_webhooks().max_interval_s
+        assert 1.0 < gap(r, "gstg", "gprd-cny") <= SAFETY_POLLS.max_interval_s
 
 
 def test_repeated_and_out_of_order_hooks_are_harmless() -> None:
@@ -333,6 +333,44 @@ def test_webhook_settings_make_the_backend_listen_from_its_first_read(gitlab_sta
         assert post(url).status_code == 200
     finally:
         backends.deployer.close()
+
+
+def test_closing_the_backends_stops_the_listener_and_frees_its_port(gitlab_standin: Standin) -> None:
+    port = free_port()
+    settings = {"url": gitlab_standin.url, "deployer_project": DEPLOYER.path, "cng_project": CNG.path,
+                "omnibus_project": OMNIBUS.path, "webhook_listen": f"127.0.0.1:{port}",
+                "webhook_secret_env": "DEPLOYSTATE_HOOK_SECRET"}
+    backends = create(settings, {**TOKENS, "DEPLOYSTATE_HOOK_SECRET": SECRET})
+    url = f"http://127.0.0.1:{port}/hooks/gitlab"
+    before = set(threading.enumerate())
+    assert backends.packages.status("cng", VERSION).status == "missing"  # listening from here
+    assert post(url).status_code == 200
+    (server,) = [t for t in set(threading.enumerate()) - before if t.name == "gitlab-hooks"]
+
+    backends.close()
+
+    with pytest.raises(requests.ConnectionError):
+        post(url)  # refused: nobody listens any more
+    assert not server.is_alive()  # its thread was joined
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))  # the port is free again
+    # A read after closing does not listen again: it reads through the API, as plain polling does.
+    assert backends.packages.status("cng", VERSION).status == "missing"
+    with pytest.raises(requests.ConnectionError):
+        post(url)
+    backends.close()  # closing twice does no harm
+
+
+def test_closing_backends_that_never_listened_binds_nothing(gitlab_standin: Standin) -> None:
+    port = free_port()
+    settings = {"url": gitlab_standin.url, "deployer_project": DEPLOYER.path, "cng_project": CNG.path,
+                "omnibus_project": OMNIBUS.path, "webhook_listen": f"127.0.0.1:{port}",
+                "webhook_secret_env": "DEPLOYSTATE_HOOK_SECRET"}
+    with create(settings, {**TOKENS, "DEPLOYSTATE_HOOK_SECRET": SECRET}):
+        pass  # `deploystate status` builds the backends and closes them without a read
+    with pytest.raises(requests.ConnectionError):
+        post(f"http://127.0.0.1:{port}/hooks/gitlab")
 
 
 @pytest.mark.parametrize(("extra", "complaint"), [

@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 
 import pytest
+from deploystate_backends.autodeploy import RUNBOOK, BadVersion, check_version, tag_time
 from deploystate_backends.simulated import (
     DEFAULT_START,
     Scenario,
@@ -26,10 +27,12 @@ from deploystate_backends.simulated import (
     WorldError,
     create,
 )
+from deploystate_backends.simulated.scenario import PACKAGES
 from deploystate_backends.simulated.timeline import CREATED_S, QUEUE_S
 from hypothesis import given
 from hypothesis import strategies as st
 
+from deploystate.errors import DeploystateError
 from deploystate.ports import (
     BackendError,
     Backends,
@@ -102,6 +105,62 @@ def test_backends_implement_the_protocols():
     assert isinstance(backends.packages, Hints)
     assert "nothing is ever deployed" in backends.description
     assert backends.deployer.world is backends.packages.world
+
+
+# -- what the backend says about its rollouts: versions, preparing, runbook, closing ----------
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("x", "version 'x' is not an auto-deploy tag; expected MAJOR.MINOR.YYYYMMDDHHMM (UTC), "
+          "e.g. 13.10.202103011220"),
+    ("13.10.202103011220\n", "version '13.10.202103011220\\n' is not an auto-deploy tag; expected "
+                             "MAJOR.MINOR.YYYYMMDDHHMM (UTC), e.g. 13.10.202103011220"),
+    ("13.10.202113011220", "version '13.10.202113011220': 202113011220 is not a valid UTC time "
+                           "YYYYMMDDHHMM; e.g. 13.10.202103011220"),
+])
+def test_versions_must_be_auto_deploy_tags_with_today_s_messages(text, message):
+    backends = create({})
+    with pytest.raises(BadVersion) as refused:
+        backends.check_version(text)
+    assert str(refused.value) == message
+    assert isinstance(refused.value, DeploystateError)
+    assert check_version is backends.check_version
+    assert backends.check_version(VERSION) == VERSION
+
+
+def test_preparing_a_rollout_moves_the_clock_to_its_tag_never_back():
+    backends = create({})
+    later = "13.10.202103011420"
+    backends.prepare(later)
+    assert backends.clock.now() == tag_time(later) == DEFAULT_START + 2 * 3600
+    backends.prepare(VERSION)  # tagged earlier: the clock stays
+    assert backends.clock.now() == DEFAULT_START + 2 * 3600
+    backends.prepare("custom-1")  # no tag time: nothing moves
+    assert backends.clock.now() == DEFAULT_START + 2 * 3600
+    assert backends.runbook == RUNBOOK
+
+
+def test_closing_the_backends_closes_the_world(tmp_path):
+    with create({"world": str(tmp_path / "w.sim")}) as backends:
+        world = backends.deployer.world
+        backends.deployer.trigger(request())
+        assert len(world.triggers()) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        world.triggers()
+    backends.close()  # closing again does no harm
+    in_memory = create({})
+    in_memory.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        in_memory.deployer.trigger(request())
+
+
+def test_a_package_the_simulation_does_not_build_is_refused_when_asked_for():
+    backends = create({})
+    with pytest.raises(UnknownPackage) as refused:
+        backends.packages.status("web-image", VERSION)
+    assert str(refused.value) == ("the simulation builds no package 'web-image'; ask for cng or omnibus "
+                                  "(fix the spec's package_wait step)")
+    assert PACKAGES == ("cng", "omnibus")
+    assert {backends.packages.status(p, VERSION).package for p in PACKAGES} == set(PACKAGES)
 
 
 # -- deployments over virtual time -------------------------------------------------------------

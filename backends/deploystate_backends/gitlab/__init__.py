@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from deploystate.clock import SystemClock
 from deploystate.ports import Backends
+from deploystate_backends.autodeploy import RUNBOOK, check_version
 from deploystate_backends.gitlab.client import connect
 from deploystate_backends.gitlab.deployer import GitLabDeployer
 from deploystate_backends.gitlab.packages import GitLabPackages
@@ -40,6 +41,16 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
         # Listening starts with the first read, so commands that only look (status) bind no port.
         hooks = watch(deployer, packages, parsed, clock, secret=secret, listen=parsed.webhook_listen,
                       start=False)
+
+        def close_all() -> None:
+            try:
+                hooks.listener.stop()
+            finally:
+                gl.session.close()
+
         return Backends(deployer=hooks.deployer, packages=hooks.packages, clock=clock,
-                        description=f"{description}; Pipeline Hooks on {parsed.webhook_listen}")
-    return Backends(deployer=deployer, packages=packages, clock=clock, description=description)
+                        description=f"{description}; Pipeline Hooks on {parsed.webhook_listen}",
+                        check_version=check_version, runbook=RUNBOOK, closer=close_all)
+    # Versions are auto-deploy tags; creating a rollout needs nothing prepared on GitLab's side.
+    return Backends(deployer=deployer, packages=packages, clock=clock, description=description,
+                    check_version=check_version, runbook=RUNBOOK, closer=gl.session.close)

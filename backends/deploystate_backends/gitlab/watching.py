@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -41,6 +41,17 @@ _FINISHED = frozenset({Outcome.SUCCEEDED, Outcome.FAILED})
 EARLY_MARKS_KEPT = 1000
 
 V = TypeVar("V", Deployment, PackageBuild)
+
+
+class RetryingDeployer(Deployer, Protocol):
+    """A deployer that can also retry a deployment (the GitLab deployer: retry a pipeline)."""
+
+    def retry(self, deployment_id: str) -> Deployment:
+        ...
+
+
+# Safety polls while Pipeline Hooks report changes: a lost hook is noticed within minutes.
+SAFETY_POLLS = WaitPolicy(min_interval_s=150.0, max_interval_s=1200.0, approach=0.5)
 
 
 def project_matches(configured: str, event: PipelineEvent) -> bool:
@@ -141,7 +152,7 @@ class _Memory(Generic[V]):
 class WatchingDeployer:
     """A :class:`Deployer` whose ``status`` reads GitLab only when a hook or the safety net says so."""
 
-    def __init__(self, inner: Deployer, project: str, now: Callable[[], float], safety: WaitPolicy,
+    def __init__(self, inner: RetryingDeployer, project: str, now: Callable[[], float], safety: WaitPolicy,
                  listening: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
         self.project = project
@@ -275,7 +286,8 @@ class Listener:
     not every command that merely builds the backend (``status``, ``promote``).
 
     If the port cannot be bound, that is logged as an error once and waiting falls back to
-    polling by the runner's own policy (the watchers then always read).
+    polling by the runner's own policy (the watchers then always read).  ``stop()`` shuts the
+    server down, frees the port and joins its thread, for good: a read after it polls.
     """
 
     def __init__(self, listen: str, secret: str) -> None:
@@ -285,6 +297,7 @@ class Listener:
         self._lock = threading.Lock()
         self._receiver: HookReceiver | None = None
         self._failed = False
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"Listener({self.host}:{self.port})"
@@ -292,7 +305,7 @@ class Listener:
     def ensure(self) -> bool:
         """Listening (now or already); False if it cannot."""
         with self._lock:
-            if self._receiver is None and not self._failed:
+            if self._receiver is None and not self._failed and not self._stopped:
                 try:
                     self._receiver = HookReceiver(self.host, self.port, self._secret,
                                                   lambda event: self.on_event(event)).start()
@@ -302,17 +315,26 @@ class Listener:
             return self._receiver is not None
 
     @property
+    def listening(self) -> bool:
+        """Whether the server runs now (without starting it)."""
+        with self._lock:
+            return self._receiver is not None
+
+    @property
     def receiver(self) -> HookReceiver:
         if not self.ensure():
-            raise HookSetupError(f"not listening for webhooks on {self.host}:{self.port}; see the log")
+            why = "it was stopped" if self._stopped else "see the log"
+            raise HookSetupError(f"not listening for webhooks on {self.host}:{self.port}; {why}")
         assert self._receiver is not None
         return self._receiver
 
     def stop(self) -> None:
+        """Shut the server down (its port is free once this returns); it does not start again."""
         with self._lock:
-            if self._receiver is not None:
-                self._receiver.stop()
-                self._receiver = None
+            self._stopped = True
+            receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.stop()
 
 
 @attrs.frozen
@@ -328,11 +350,11 @@ class Webhooks:
         return self.listener.receiver
 
 
-def watch(deployer: Deployer, packages: PackageWatcher, settings: GitLabSettings, clock: Clock, *,
+def watch(deployer: RetryingDeployer, packages: PackageWatcher, settings: GitLabSettings, clock: Clock, *,
           secret: str, listen: str, safety: WaitPolicy | None = None, start: bool = True) -> Webhooks:
     """Wrap the GitLab deployer and package watcher and listen for their hooks (now, or with
     ``start=False`` on the first status read)."""
-    safety = safety or WaitPolicy.behind_webhooks()
+    safety = safety or SAFETY_POLLS
     listener = Listener(listen, secret)
     watching_deployer = WatchingDeployer(deployer, settings.deployer_project, clock.now, safety,
                                          listener.ensure)

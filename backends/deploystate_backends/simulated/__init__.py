@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from deploystate.ports import Backends
+from deploystate_backends.autodeploy import RUNBOOK, check_version, tag_time
 from deploystate_backends.simulated.adapters import SimulatedDeployer, SimulatedPackages
 from deploystate_backends.simulated.clock import DEFAULT_START, VirtualClock
 from deploystate_backends.simulated.errors import SettingsError, UnknownDeployment, UnknownPackage, WorldError
@@ -51,11 +52,26 @@ def create(settings: Mapping[str, object]) -> Backends:
 
 
 def backends_for(world: World) -> Backends:
+    """Backends over ``world``; closing them closes the world (its file, if it has one).
+
+    Versions must be auto-deploy tags, as for the system rehearsed; creating a rollout moves the
+    virtual clock to when its version was tagged (never back), so its package builds start then.
+    """
     where = f"world {world.path}" if world.path is not None else "world in memory"
+
+    def prepare(version: str) -> None:
+        at = tag_time(version)
+        if at is not None:
+            world.clock.advance_to(at)
+
     return Backends(
         deployer=SimulatedDeployer(world),
         packages=SimulatedPackages(world),
         clock=world.clock,
         description=(f"simulated deployer and package builds on a virtual clock (seed {world.scenario.seed}, "
                      f"{where}); nothing is ever deployed"),
+        check_version=check_version,
+        prepare=prepare,
+        runbook=RUNBOOK,
+        closer=world.close,
     )

@@ -19,11 +19,10 @@ from typing import Any
 import attrs
 
 from deploystate.ports import Deployment, PackageBuild, TriggerRequest
-from deploystate.spec import PACKAGES
 from deploystate_backends.simulated.clock import VirtualClock
 from deploystate_backends.simulated.errors import UnknownDeployment, UnknownPackage
 from deploystate_backends.simulated.record import ActRecord, Record, TriggerRecord
-from deploystate_backends.simulated.scenario import Scenario, tag_time
+from deploystate_backends.simulated.scenario import PACKAGES, Scenario, tag_time
 from deploystate_backends.simulated.timeline import (
     CANCEL,
     QUEUED,
@@ -176,7 +175,7 @@ class World:
     def build(self, package: str, version: str) -> PackageBuild:
         if package not in PACKAGES:
             raise UnknownPackage(f"the simulation builds no package {package!r}; ask for "
-                                 f"{' or '.join(PACKAGES)}")
+                                 f"{' or '.join(PACKAGES)} (fix the spec's package_wait step)")
         with self._lock:
             self._record.refresh()
             anchor = self._record.anchor(package, version)

@@ -1,59 +1,53 @@
 """The ``deploystate`` command line.
 
 Each subcommand is a :class:`Command`: a function that declares its arguments and a function
-that runs it and returns the exit code.  To add one, write those two functions and list the
-command in :data:`COMMANDS`.
+that runs it and returns the exit code.  To add one to the core, write those two functions and
+list the command in :data:`COMMANDS`; other packages add theirs through the
+``deploystate.commands`` entry-point group (:mod:`deploystate.commands`).
+
+A command imports what it uses when it runs, and only then: ``deploystate --help`` declares no
+command's arguments and imports neither the rollout model nor a backend, and running one command
+declares only its own arguments.  Imports that type hints need stay under ``TYPE_CHECKING``.
 
 Exit codes: 0 when the command did what was asked (for ``simulate`` and ``run``: the rollout is
-done); 1 when a rollout stopped short (failed, waiting for a human, aborted); 2 for bad input.
-Every :class:`~deploystate.errors.DeploystateError` (a user's mistake, or something the user
-can act on) ends as one line ``deploystate: error: <message>`` on stderr and exit code 2;
-anything else is a bug and keeps its traceback.
+done); 1 when a rollout stopped short (failed, waiting for a human, aborted); 2 for bad input
+(and for ``check-store``: problems found).  Every :class:`~deploystate.errors.DeploystateError`
+(a user's mistake, or something the user can act on) ends as one line
+``deploystate: error: <message>`` on stderr and exit code 2; anything else is a bug and keeps
+its traceback.
 
 Rollout commands read ``deploystate.toml`` (or ``--config``) and the environment first and
-refuse to start on a bad setting; ``--store`` overrides the configured journal.  The crash-test
-hook ``DEPLOYSTATE_KILL_AT`` is described in :mod:`deploystate.crashpoint`.
+refuse to start on a bad setting; ``--store`` overrides the configured journal.  Commands that
+open a backend (simulate, start, run, promote, retry, skip-bake, abort) have it check the version
+(``Backends.check_version``) before they use it, and close it when they end; ``status`` and
+``history`` open no backend and look the rollout up in the journal.  Opening a journal only makes
+cheap checks (it is a deploystate journal of a schema this version reads); ``check-store`` reads
+all of it and is the real integrity check.  The crash-test hook ``DEPLOYSTATE_KILL_AT`` is
+described in :mod:`deploystate.crashpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
-import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
-import attrs
-
-from deploystate import registry, report
-from deploystate.config import Config, load_config
-from deploystate.crashpoint import checkpoint_hook
-from deploystate.diagram import FORMATS, REGENERATE, committed_diagrams, dot_program, render
 from deploystate.errors import DeploystateError
-from deploystate.journal import MemoryStore, UnknownRollout
-from deploystate.machine import RolloutMachine
-from deploystate.notices import LOG, FanOut, LogNotifier, StreamNotifier
-from deploystate.ports import Backends, Notice, Store
-from deploystate.replay import RolloutView, rebuild
-from deploystate.runner import Runner, RunResult, Stop
-from deploystate.simulation import (
-    SIMULATED,
-    catch_up_to_tag,
-    deployer_triggers,
-    release,
-    settings_for_simulate,
-    settings_for_store,
-    triggers_by_step,
-)
-from deploystate.spec import BUILTIN_SPECS, Spec, resolve_spec
-from deploystate.sqlite_store import SQLiteStore
-from deploystate.strategy import Strategy
-from deploystate.version import check_version
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from deploystate.config import Config
+    from deploystate.ports import Backends, Notice, Store
+    from deploystate.rollout import RolloutView
+    from deploystate.runner import Runner, RunResult
+    from deploystate.spec import Spec
+    from deploystate.sqlite_store import SQLiteStore
+    from deploystate.strategy import Strategy
 
 PROG = "deploystate"
 EXIT_OK = 0
@@ -65,8 +59,7 @@ class UsageError(DeploystateError):
     """The command line itself is wrong (unknown option, missing argument...)."""
 
 
-@attrs.frozen
-class Command:
+class Command(NamedTuple):
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
@@ -74,6 +67,8 @@ class Command:
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("deploystate")
     except metadata.PackageNotFoundError:  # running from a source tree that was never installed
@@ -88,14 +83,22 @@ def _note(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr)
 
 
+def _builtin_specs() -> str:
+    from deploystate.spec import BUILTIN_SPECS
+
+    return ", ".join(BUILTIN_SPECS)
+
+
 # -- diagram -----------------------------------------------------------------------------------
 
 
 def _diagram_arguments(parser: argparse.ArgumentParser) -> None:
+    from deploystate.diagram import FORMATS
+
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="mermaid (stateDiagram-v2, the default) or dot (Graphviz source)")
     parser.add_argument("--spec", metavar="FILE_OR_BUILTIN", default=None,
-                        help=f"a built-in spec ({', '.join(BUILTIN_SPECS)}; default seed) or a TOML file")
+                        help=f"a built-in spec ({_builtin_specs()}; default seed) or a TOML file")
     parser.add_argument("--detail", action="store_true",
                         help="draw each step's phases and the transitions between them")
     parser.add_argument("--write", metavar="DIR", type=Path, default=None,
@@ -110,12 +113,17 @@ def _diagram(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"--write renders every built-in spec in both formats; drop {', '.join(given)}")
         return _write_diagrams(args.write)
+    from deploystate.diagram import render
+    from deploystate.machine import RolloutMachine
+
     machine = RolloutMachine(_spec(args.spec))
     _out(render(machine, args.format or "mermaid", detail=args.detail))
     return EXIT_OK
 
 
 def _spec(ref: str | None) -> Spec:
+    from deploystate.spec import BUILTIN_SPECS, resolve_spec
+
     # A bare word that is no file is meant as a built-in name: say so, rather than "no such file".
     if ref is not None and ref not in BUILTIN_SPECS and not Path(ref).exists() \
             and not Path(ref).suffix and os.sep not in ref:
@@ -125,6 +133,8 @@ def _spec(ref: str | None) -> Spec:
 
 
 def _write_diagrams(directory: Path) -> int:
+    from deploystate.diagram import REGENERATE, committed_diagrams, dot_program
+
     files = committed_diagrams()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -156,12 +166,12 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _version_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("version", metavar="VERSION", help="the auto-deploy tag, e.g. 13.10.202103011220")
+    parser.add_argument("version", metavar="VERSION", help="the version, e.g. 13.10.202103011220")
 
 
 def _spec_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", metavar="FILE_OR_BUILTIN", default=None,
-                        help=f"a built-in spec ({', '.join(BUILTIN_SPECS)}) or a TOML file; "
+                        help=f"a built-in spec ({_builtin_specs()}) or a TOML file; "
                              "default: [deploystate] spec")
 
 
@@ -176,10 +186,18 @@ def _actor(given: str | None) -> str:
         if not given.strip():
             raise UsageError("--by is empty; give the name of who does this")
         return given.strip()
+    import getpass
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name (some containers): say so rather than guess
         raise UsageError("cannot tell who you are; give --by WHO") from None
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from deploystate.config import load_config
+
+    return load_config(args.config)
 
 
 def _store_path(args: argparse.Namespace, config: Config) -> Path:
@@ -187,22 +205,29 @@ def _store_path(args: argparse.Namespace, config: Config) -> Path:
 
 
 @contextlib.contextmanager
-def _journal(path: Path, *, create: bool) -> Iterator[SQLiteStore]:
-    """The journal at ``path``; only commands that start rollouts may create it."""
+def _journal(path: Path, *, create: bool, log: bool = True) -> Iterator[SQLiteStore]:
+    """The journal at ``path``; only commands that start rollouts may create it.
+
+    With ``log``, every notice also goes to the structured log beside it (commands that only
+    read write no notice, and open none).
+    """
     if not create and not path.exists():
         raise DeploystateError(f"no journal at {path}; start a rollout first ('deploystate start VERSION') "
                                "or point --store (or [deploystate] store) at an existing journal")
-    store = SQLiteStore(path)
-    try:
-        with _structured_log(path.with_name(path.name + ".log")):
-            yield store
-    finally:
-        store.close()
+    from deploystate.sqlite_store import SQLiteStore
+
+    with SQLiteStore(path) as store, \
+            _structured_log(path.with_name(path.name + ".log")) if log else contextlib.nullcontext():
+        yield store
 
 
 @contextlib.contextmanager
 def _structured_log(path: Path) -> Iterator[None]:
     """Every notice as one JSON line in ``<journal>.log`` (LogNotifier's lines), for log shippers."""
+    import logging
+
+    from deploystate.notices import LOG
+
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.INFO)
@@ -217,28 +242,44 @@ def _structured_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-@contextlib.contextmanager
-def _backends(name: str, settings: dict[str, object]) -> Iterator[Backends]:
-    backends = registry.create(name, settings)
-    try:
-        yield backends
-    finally:
-        release(backends)
+def _open_backends(name: str, settings: Mapping[str, Any]) -> Backends:
+    """The backend ``name``: the caller closes it (``with``), whatever happens."""
+    from deploystate import registry
+
+    return registry.create(name, settings)
 
 
-def _configured_backends(config: Config, store: Path) -> contextlib.AbstractContextManager[Backends]:
+def _configured_settings(config: Config, store: Path) -> dict[str, Any]:
+    from deploystate.simulation import SIMULATED, settings_for_store
+
     settings = dict(config.settings_for(config.backend))
     if config.backend == SIMULATED:
         settings = settings_for_store(settings, store)
-    return _backends(config.backend, settings)
+    return settings
+
+
+def _new_version(name: str, settings: Mapping[str, Any], version: str) -> str:
+    """``version`` as backend ``name`` accepts it for a new rollout, checked before any file is made.
+
+    The check asks the backend opened without files (a simulated world in memory), so a refused
+    version leaves neither a journal nor a world behind.
+    """
+    from deploystate.simulation import without_files
+
+    with _open_backends(name, without_files(settings)) as probe:
+        return probe.check_version(version)
 
 
 def _read(store: Store, version: str) -> RolloutView:
+    from deploystate.rollout import rebuild
+
     return rebuild(store.read(version))
 
 
 def _recorded_strategy(view: RolloutView, current: Strategy, stream: TextIO) -> Strategy:
     """A rollout keeps the strategy it was created with; settings changed since do not apply to it."""
+    from deploystate.strategy import Strategy
+
     recorded = Strategy.from_mapping(view.settings) if view.settings else current
     if recorded != current:
         print(f"  keeps the plan it was created with: {recorded.describe()}\n"
@@ -254,6 +295,8 @@ class _Progress:
     """
 
     def __init__(self, stream: TextIO, origin: float | None) -> None:
+        from deploystate.notices import StreamNotifier
+
         self._lines = StreamNotifier(stream, origin=origin)
         self._stream = stream
 
@@ -269,6 +312,11 @@ class _Progress:
 def _runner(store: Store, backends: Backends, config: Config, *, strategy: Strategy,
             auto_promote: str | None = None, progress: TextIO | None = None,
             origin: float | None = None, checkpoint: Callable[[str], None] | None = None) -> Runner:
+    import attrs
+
+    from deploystate.notices import FanOut, LogNotifier
+    from deploystate.runner import Runner
+
     runner_config = attrs.evolve(config.runner_config(auto_promote=auto_promote), strategy=strategy)
     # Human progress lines, and the structured log (a file beside the journal; without one,
     # warnings and errors still reach stderr through logging's last-resort handler).
@@ -277,12 +325,22 @@ def _runner(store: Store, backends: Backends, config: Config, *, strategy: Strat
 
 
 def _exit_code(result: RunResult) -> int:
+    from deploystate.runner import Stop
+
     return EXIT_OK if result.stop is Stop.DONE else EXIT_STOPPED
 
 
 def _next(view: RolloutView, options: str = "") -> str:
+    from deploystate import report
+
     hints = report.next_steps(view, options)
     return "next:\n" + "".join(f"  {hint}\n" for hint in hints) if hints else ""
+
+
+def _checkpoint() -> Callable[[str], None] | None:
+    from deploystate.crashpoint import checkpoint_hook
+
+    return checkpoint_hook()
 
 
 # -- simulate ----------------------------------------------------------------------------------
@@ -309,14 +367,21 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    checkpoint = checkpoint_hook()
-    version = check_version(args.version)
+    import attrs
+
+    from deploystate import report
+    from deploystate.journal import MemoryStore, UnknownRollout
+    from deploystate.runner import Stop
+    from deploystate.simulation import SIMULATED, deployer_triggers, settings_for_simulate, triggers_by_step
+
+    config = _config(args)
+    checkpoint = _checkpoint()
     spec = _spec(args.spec or config.spec)
     store_path = Path(args.store) if args.store is not None else None
     settings = settings_for_simulate(config.settings_for(SIMULATED), spec=spec, store=store_path,
                                      seed=args.seed, fail=args.fail, retry_fixes=args.retry_fixes,
                                      hang=args.hang)
+    version = _new_version(SIMULATED, settings, args.version)
     # Everything in check mode: a simulation must read as one, never as a REAL deployment.
     strategy = attrs.evolve(config.strategy, check_mode_everywhere=True,
                             individual_deployments=args.individual_deployments
@@ -325,17 +390,16 @@ def _simulate(args: argparse.Namespace) -> int:
     auto_promote = None if args.no_auto_promote else "simulation"
     with contextlib.ExitStack() as stack:
         store: Store = (stack.enter_context(_journal(store_path, create=True)) if store_path is not None
-                        else MemoryStore())
-        backends = stack.enter_context(_backends(SIMULATED, settings))
+                        else stack.enter_context(MemoryStore()))
+        backends = stack.enter_context(_open_backends(SIMULATED, settings))
         try:
             existing: RolloutView | None = _read(store, version)
         except UnknownRollout:
             existing = None
         if existing is None:
-            catch_up_to_tag(backends, version)
             runner = _runner(store, backends, config, strategy=strategy, auto_promote=auto_promote,
                              progress=progress, checkpoint=checkpoint)
-            runner.create(version, spec)
+            runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
         else:
             # The same command again resumes a rollout (e.g. after its process was killed).
             print(f"resuming rollout {version} from record {existing.seq} "
@@ -378,19 +442,19 @@ def _start_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    version = check_version(args.version)
+    config = _config(args)
     spec = _spec(args.spec or config.spec)
-    registry.factory(config.backend)  # an unknown backend is an error before any file is made
     store_path = _store_path(args, config)
-    with _journal(store_path, create=True) as store, _configured_backends(config, store_path) as backends:
+    settings = _configured_settings(config, store_path)
+    # An unknown backend or a version it refuses is an error before any file is made.
+    version = _new_version(config.backend, settings, args.version)
+    with _journal(store_path, create=True) as store, _open_backends(config.backend, settings) as backends:
         if version in store.rollouts():
             raise DeploystateError(f"rollout {version} already exists in {store_path}; see it with "
                                    f"'deploystate status {version}' or advance it with "
                                    f"'deploystate run {version}'")
         runner = _runner(store, backends, config, strategy=config.strategy)
-        catch_up_to_tag(backends, version)
-        runner.create(version, spec)
+        runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
     _out(f"journal: {store_path}\nnext: deploystate run {version}\n")
     return EXIT_OK
 
@@ -401,18 +465,21 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    checkpoint = checkpoint_hook()
-    version = check_version(args.version)
+    from deploystate import report
+    from deploystate.runner import Stop
+
+    config = _config(args)
+    checkpoint = _checkpoint()
     store_path = _store_path(args, config)
-    with _journal(store_path, create=False) as store:
+    with _journal(store_path, create=False) as store, \
+            _open_backends(config.backend, _configured_settings(config, store_path)) as backends:
+        version = backends.check_version(args.version)
         view = _read(store, version)
-        with _configured_backends(config, store_path) as backends:
-            print(f"running rollout {version} from record {view.seq} ({report.situation(view)})", flush=True)
-            strategy = _recorded_strategy(view, config.strategy, sys.stdout)
-            runner = _runner(store, backends, config, strategy=strategy, origin=view.created_at,
-                             checkpoint=checkpoint)
-            result = runner.run(version)
+        print(f"running rollout {version} from record {view.seq} ({report.situation(view)})", flush=True)
+        strategy = _recorded_strategy(view, config.strategy, sys.stdout)
+        runner = _runner(store, backends, config, strategy=strategy, origin=view.created_at,
+                         checkpoint=checkpoint)
+        result = runner.run(version)
     if result.stop is Stop.DONE:
         _out(f"{result.message}\n")
     else:
@@ -437,17 +504,22 @@ def _status(args: argparse.Namespace) -> int:
         raise UsageError("choose --diagram or --json, not both")
     if args.diagram and args.version is None:
         raise UsageError("--diagram draws one rollout; give its VERSION")
-    config = load_config(args.config)
-    version = check_version(args.version) if args.version is not None else None
-    with _journal(_store_path(args, config), create=False) as store:
-        if version is None:
-            # One read for all, then replay: fast enough for thousands of rollouts.
-            views = sorted((rebuild(records) for records in store.read_all().values()),
-                           key=lambda v: (v.created_at, v.rollout_id))
-            _out(report.dumps(report.list_data(views)) if args.json else report.list_text(views))
+    from deploystate import report
+
+    config = _config(args)
+    # No backend: the journal alone says which rollouts exist (an unknown one is an error naming it).
+    with _journal(_store_path(args, config), create=False, log=False) as store:
+        if args.version is None:
+            from deploystate.rollout import listing
+
+            # Kept summaries; only rollouts without a current one are replayed.
+            rows = listing(store)
+            _out(report.dumps(report.list_data(rows)) if args.json else report.list_text(rows))
             return EXIT_OK
-        view = _read(store, version)
+        view = _read(store, args.version)
     if args.diagram:
+        from deploystate.diagram import render
+
         _out(render(view.machine, "mermaid", phases=view.phases))
     elif args.json:
         _out(report.dumps(report.summary_data(view)))
@@ -463,12 +535,47 @@ def _history_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _history(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    version = check_version(args.version)
-    with _journal(_store_path(args, config), create=False) as store:
-        records = store.read(version)
+    from deploystate import report
+
+    config = _config(args)
+    with _journal(_store_path(args, config), create=False, log=False) as store:
+        records = store.read(args.version)
     _out(report.dumps(report.history_data(records)) if args.json else report.history_text(records))
     return EXIT_OK
+
+
+# -- check-store -------------------------------------------------------------------------------
+
+
+def _check_store_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_arguments(parser)
+
+
+def _check_store(args: argparse.Namespace) -> int:
+    config = _config(args)
+    path = _store_path(args, config)
+    with _journal(path, create=False, log=False) as store:
+        problems = store.check()
+        if not problems:  # the file is sound: then every rollout must replay
+            problems = _replay_problems(store)
+    if problems:
+        _out(f"journal {path}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found\n"
+             + "".join(f"  {problem}\n" for problem in problems))
+        return EXIT_USER_ERROR
+    _out(f"journal {path}: no problems found\n")
+    return EXIT_OK
+
+
+def _replay_problems(store: Store) -> list[str]:
+    from deploystate.rollout import rebuild
+
+    problems = []
+    for rollout_id in store.rollouts():
+        try:
+            rebuild(store.read(rollout_id))
+        except DeploystateError as error:
+            problems.append(f"rollout {rollout_id} does not replay: {_one_line(str(error))}")
+    return problems
 
 
 # -- operator commands: promote, retry, skip-bake, abort ---------------------------------------
@@ -476,15 +583,17 @@ def _history(args: argparse.Namespace) -> int:
 
 def _operate(args: argparse.Namespace, act: Callable[[Runner, str], RolloutView], done: str) -> int:
     """Load, check, then record one operator event; the store is untouched on any error."""
-    config = load_config(args.config)
-    version = check_version(args.version)
+    from deploystate import report
+
+    config = _config(args)
     store_path = _store_path(args, config)
-    with _journal(store_path, create=False) as store:
-        view = _read(store, version)  # an unknown rollout is reported before any backend is opened
-        with _configured_backends(config, store_path) as backends:
-            # Operator commands start nothing, so the strategy does not matter here.
-            runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at)
-            after = act(runner, version)
+    with _journal(store_path, create=False) as store, \
+            _open_backends(config.backend, _configured_settings(config, store_path)) as backends:
+        version = backends.check_version(args.version)
+        view = _read(store, version)
+        # Operator commands start nothing, so the strategy does not matter here.
+        runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at)
+        after = act(runner, version)
     if after.active:
         _out(f"{done}; rollout {version} is now {report.situation(after)}\n{_next(after)}")
     else:
@@ -544,31 +653,6 @@ def _abort(args: argparse.Namespace) -> int:
     return _operate(args, lambda runner, v: runner.abort(v, by, reason), f"aborted by {by}: {reason}")
 
 
-# -- sim-gitlab --------------------------------------------------------------------------------
-
-SIM_GITLAB = "sim-gitlab"
-
-
-def _sim_gitlab_arguments(parser: argparse.ArgumentParser) -> None:
-    # Only for the command list: main() hands everything after `sim-gitlab` to the stand-in,
-    # whose own parser knows its options (`deploystate sim-gitlab --help`).
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="the stand-in's options")
-
-
-def _sim_gitlab(args: argparse.Namespace) -> int:
-    return _run_sim_gitlab(args.options)
-
-
-def _run_sim_gitlab(argv: Sequence[str]) -> int:
-    # Imported here: the core knows no adapter, and other commands should not pay for a server.
-    try:
-        from deploystate_backends.gitlab_standin.__main__ import main as standin_main
-    except ImportError as error:
-        raise DeploystateError(f"the GitLab stand-in cannot be loaded ({error}); install deploystate "
-                               "with its backends") from None
-    return standin_main(list(argv), prog=f"{PROG} {SIM_GITLAB}")
-
-
 def _text(value: str, flag: str) -> str:
     if not value.strip():
         raise UsageError(f"{flag} is empty; say why")
@@ -588,11 +672,12 @@ COMMANDS: tuple[Command, ...] = (
             _skip_bake_arguments, _skip_bake),
     Command("abort", "abort a rollout", _abort_arguments, _abort),
     Command("history", "every journal record of a rollout", _history_arguments, _history),
+    Command("check-store", "check the whole journal (every page and record; opening one makes only "
+            "cheap checks); exit 2 with the problems found", _check_store_arguments, _check_store),
     Command("diagram", "print the pipeline as a Mermaid or Graphviz diagram, or refresh diagrams/",
             _diagram_arguments, _diagram),
-    Command(SIM_GITLAB, "serve a GitLab API stand-in on loopback to rehearse rollouts against "
-            "(see `deploystate sim-gitlab --help`)", _sim_gitlab_arguments, _sim_gitlab),
 )
+_CORE = frozenset(command.name for command in COMMANDS)
 
 
 # -- parsing and running -----------------------------------------------------------------------
@@ -605,14 +690,46 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """``--version``, which asks the installed metadata only when it is given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> NoReturn:
+        _out(f"{PROG} {_version()}\n")
+        parser.exit()
+
+
+def _installed_commands() -> dict[str, EntryPoint]:
+    from deploystate import commands
+
+    return {name: entry for name, entry in commands.installed().items() if name not in _CORE}
+
+
+def build_parser(arguments_of: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser.
+
+    ``arguments_of`` names the commands whose arguments are declared (None: every core command);
+    the others are listed with their help only.  Commands installed by other packages are listed
+    (from their metadata: they parse their own arguments) unless ``arguments_of`` names core
+    commands only.
+    """
     parser = _Parser(prog=PROG, description="Multi-environment rollouts as explicit state machines.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = commands.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        if arguments_of is None or command.name in arguments_of:
+            command.add_arguments(sub)
         sub.set_defaults(run=command.run)
+    if not (arguments_of and _CORE.issuperset(arguments_of)):
+        from deploystate import commands
+
+        for name, entry in _installed_commands().items():
+            subparsers.add_parser(name, help=commands.help_line(entry, PROG), add_help=False)
     return parser
 
 
@@ -620,16 +737,28 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _command_name(argv: Sequence[str]) -> str | None:
+    # The top level has only flags without values (--help, --version): the first word is the command.
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code instead of exiting."""
     try:
         given = list(sys.argv[1:] if argv is None else argv)
-        if given[:1] == [SIM_GITLAB]:
-            return _run_sim_gitlab(given[1:])
-        args = build_parser().parse_args(given)
-        code: int = args.run(args)
+        name = _command_name(given)
+        if name is not None and name not in _CORE and given[0] == name:
+            installed = _installed_commands().get(name)
+            if installed is not None:
+                from deploystate import commands
+
+                code = commands.run(installed, given[1:], PROG)
+                sys.stdout.flush()
+                return code
+        args = build_parser([name] if name is not None else []).parse_args(given)
+        ran: int = args.run(args)
         sys.stdout.flush()
-        return code
+        return ran
     except DeploystateError as error:
         print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR

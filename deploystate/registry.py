@@ -7,6 +7,10 @@ A backend package (ours in ``backends/``, or a third party's) declares, in its p
 
 where ``create(settings: Mapping[str, object]) -> deploystate.ports.Backends`` checks its
 settings and raises a :class:`~deploystate.errors.DeploystateError` naming what is missing.
+Whoever calls :func:`create` closes what it returns (``with registry.create(...) as backends:``).
+
+A package adds commands to the command line through another group, ``deploystate.commands``
+(:mod:`deploystate.commands`).
 """
 
 from __future__ import annotations

@@ -1,48 +1,30 @@
-"""How the command line uses a simulated backend, known only through small protocols.
+"""What the command line needs of a simulated backend beyond the ports.
 
-The core never imports an adapter.  A simulated backend is found by name in the registry like
-any other; what the command line needs beyond the standard protocols is duck-typed here:
+The core never imports an adapter: a simulated backend is found by name in the registry like any
+other, and its versions, clock and files are its own business (``Backends.check_version``,
+``prepare`` and ``close``).  What is left here is the command line's side:
 
-- a clock that can jump forward (``advance_to``): a simulated world is moved to the time its
-  version was tagged, so the package builds of any auto-deploy tag appear right away;
-- a deployer with a ``world`` that lists every trigger it received: the simulation's summary
-  compares the journal's count with the deployer's own record.
+- a simulated world lives in a file beside the journal, so both survive a killed process
+  (:func:`world_beside`, :func:`settings_for_store`); ``simulate``'s flags become settings
+  (:func:`settings_for_simulate`);
+- a deployer that keeps a record of every trigger (:class:`~deploystate.ports.TriggerLog`; the
+  simulated one does, through its world) lets a summary compare the journal's count of triggers
+  with the deployer's own (:func:`deployer_triggers`, :func:`triggers_by_step`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from deploystate.errors import DeploystateError
-from deploystate.ports import Backends
+from deploystate.ports import Backends, TriggerLike, TriggerLog
 from deploystate.spec import Spec
-from deploystate.version import AUTO_DEPLOY_TAG
 
 SIMULATED = "simulated"
 WORLD_SUFFIX = ".sim"
-
-
-@runtime_checkable
-class JumpingClock(Protocol):
-    def advance_to(self, at: float) -> float:
-        ...
-
-
-class TriggerLike(Protocol):
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def environments(self) -> tuple[str, ...]: ...
-
-
-@runtime_checkable
-class TriggerLog(Protocol):
-    def triggers(self) -> Sequence[TriggerLike]:
-        ...
+WORLD = "world"  # the simulated backend's setting: its world's file (in memory without one)
 
 
 def world_beside(store: Path) -> Path:
@@ -60,12 +42,11 @@ def settings_for_simulate(base: Mapping[str, Any], *, spec: Spec, store: Path | 
             if environment not in known:
                 raise DeploystateError(f"{flag} {environment}: spec {spec.name!r} deploys no environment "
                                        f"{environment!r}; environments: {', '.join(known)}")
-    settings = dict(base)
     # A simulation's world lives exactly as long as its journal: a world kept from an earlier run
     # would answer the new journal's idempotency keys with that run's deployments.
-    settings.pop("world", None)
+    settings = without_files(base)
     if store is not None:
-        settings["world"] = str(world_beside(store))
+        settings[WORLD] = str(world_beside(store))
     if seed is not None:
         settings["seed"] = seed
     for name, given in (("fail", fail), ("retry_fixes", retry_fixes), ("hang", hang)):
@@ -77,31 +58,28 @@ def settings_for_simulate(base: Mapping[str, Any], *, spec: Spec, store: Path | 
 def settings_for_store(base: Mapping[str, Any], store: Path) -> dict[str, Any]:
     """The configured simulated settings; the world defaults to a file beside the journal."""
     settings = dict(base)
-    settings.setdefault("world", str(world_beside(store)))
+    settings.setdefault(WORLD, str(world_beside(store)))
     return settings
 
 
-def tag_time(version: str) -> float | None:
-    match = AUTO_DEPLOY_TAG.match(version)
-    if not match:
-        return None
-    moment = dt.datetime.strptime(match.group(3), "%Y%m%d%H%M").replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+def without_files(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The same settings with no world file (a simulated world then lives in memory).
 
-
-def catch_up_to_tag(backends: Backends, version: str) -> None:
-    """Move a virtual clock to when ``version`` was tagged (never back); real clocks are left alone."""
-    at = tag_time(version)
-    clock = backends.clock
-    if at is not None and isinstance(clock, JumpingClock):
-        clock.advance_to(at)
+    Other backends have no such setting and get theirs unchanged.  The command line opens such a
+    backend to check a new rollout's version before it makes any file.
+    """
+    return {name: value for name, value in settings.items() if name != WORLD}
 
 
 def deployer_triggers(backends: Backends) -> Sequence[TriggerLike] | None:
-    """Every trigger the deployer itself recorded, if it keeps such a record (simulations do)."""
-    world = getattr(backends.deployer, "world", None)
-    if isinstance(world, TriggerLog):
-        return world.triggers()
+    """Every trigger the deployer itself recorded, if it keeps such a record (simulations do).
+
+    The record is the deployer's own (a :class:`TriggerLog`), or its ``world``'s.
+    """
+    deployer = backends.deployer
+    for keeper in (deployer, getattr(deployer, "world", None)):
+        if isinstance(keeper, TriggerLog):
+            return keeper.triggers()
     return None
 
 
@@ -113,11 +91,3 @@ def triggers_by_step(step_of_key: Mapping[str, str], triggers: Sequence[TriggerL
         if step is not None:
             counts[step] = counts.get(step, 0) + 1
     return counts
-
-
-def release(backends: Backends) -> None:
-    """Close what a backend holds open (a simulated world's file), if it can be closed."""
-    world = getattr(backends.deployer, "world", None)
-    close = getattr(world, "close", None)
-    if callable(close):
-        close()

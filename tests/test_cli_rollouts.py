@@ -322,9 +322,15 @@ def assert_refused(argv: list[str], capsys: pytest.CaptureFixture[str], *fragmen
                                      "13.10.202113011220"])
 def test_bad_versions_are_refused_before_anything_is_written(
         version: str, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Commands that open a backend have it check the version (the simulated one's rule).
     for command in (["start", version], ["run", version], ["promote", version, "--by", "x"],
-                    ["history", version], ["status", version]):
-        assert_refused([*command, "--store", str(store)], capsys, repr(version), unchanged=store)
+                    ["abort", version, "--reason", "x"], ["retry", version, "gstg", "--by", "x"]):
+        assert_refused([*command, "--store", str(store)], capsys, repr(version), "e.g. 13.10.",
+                       unchanged=store)
+    # Those that only read open none: the journal says it has no such rollout.
+    for command in (["history", version], ["status", version]):
+        assert_refused([*command, "--store", str(store)], capsys, f"no rollout {version} in the journal",
+                       unchanged=store)
     fresh = tmp_path / "fresh.sqlite"
     assert_refused(["simulate", version, "--store", str(fresh)], capsys, repr(version), "e.g. 13.10.")
     assert not fresh.exists() and not Path(str(fresh) + ".sim").exists()
@@ -414,3 +420,48 @@ def test_bad_environment_settings(store: Path, monkeypatch: pytest.MonkeyPatch,
         assert_refused(["run", VERSION, "--store", str(store)], capsys, KILL_AT, "before-trigger",
                        unchanged=store)
 
+
+
+# -- check-store: the full check, which opening a journal does not make ------------------------
+
+
+def test_check_store_finds_nothing_in_a_sound_journal_and_writes_nothing(
+        store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = store.read_bytes()
+    assert main(["check-store", "--store", str(store)]) == 0
+    assert capsys.readouterr().out == f"journal {store}: no problems found\n"
+    assert store.read_bytes() == before
+
+
+def test_check_store_lists_what_opening_does_not_see(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with sqlite3.connect(store) as db:
+        db.execute("DELETE FROM records WHERE rollout_id = ? AND seq = 3", (VERSION,))
+    db.close()
+    assert main(["status", VERSION, "--store", str(store)]) == 2  # the gap is only met in use
+    capsys.readouterr()
+    assert main(["check-store", "--store", str(store)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"journal {store}: ") and lines[0].endswith(" found")
+    assert any(f"rollout {VERSION}: record 3 is missing" in line for line in lines[1:]), lines
+
+
+def test_check_store_replays_every_rollout(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Sound as a file (numbering, JSON, tables), but the machine refuses it: finished at record 2.
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE records SET action = 'finish', step = NULL WHERE rollout_id = ? AND seq = 2",
+                   (VERSION,))
+    db.close()
+    assert main(["check-store", "--store", str(store)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"journal {store}: 1 problem found"
+    assert lines[1].startswith(f"  rollout {VERSION} does not replay: ")
+
+
+def test_check_store_refuses_what_is_no_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.sqlite"
+    assert_refused(["check-store", "--store", str(missing)], capsys, f"no journal at {missing}")
+    assert not missing.exists()
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"this is not a journal\n" * 100)
+    assert_refused(["check-store", "--store", str(damaged)], capsys, "not a deploystate journal",
+                   unchanged=damaged)

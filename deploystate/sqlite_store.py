@@ -336,9 +336,9 @@ class SQLiteStore:
         """Check the whole journal; returns the problems found, one sentence each (empty: all fine).
 
         For ``deploystate check-store``.  Unlike opening, this reads every page and every record,
-        so it takes time in proportion to the journal's size (about a second per 100,000
-        records).  It looks at one consistent snapshot (a read transaction: runners may go on
-        appending meanwhile) and never writes.  It reports:
+        so it takes time in proportion to the journal's size (about 1 s of CPU for 10,000
+        rollouts, 240,000 records, on a small machine).  It looks at one consistent snapshot (a
+        read transaction: runners may go on appending meanwhile) and never writes.  It reports:
 
         - what SQLite's ``PRAGMA integrity_check`` finds (damaged pages, broken indexes, ...);
         - a rollout whose records are not numbered 1, 2, ... up to its last one (a gap);

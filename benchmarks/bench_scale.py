@@ -1,0 +1,320 @@
+"""What a big journal costs: a new rollout, and `status`, in a store of 10,000 rollouts against 1.
+
+Run from the repository root::
+
+    python benchmarks/bench_scale.py                  # 10,000 rollouts (a minute or two, mostly set-up)
+    python benchmarks/bench_scale.py --rollouts 1000 --samples 5 --runs 3   # a smoke run
+
+Set-up: one real simulated rollout (the default spec, to done) goes into the small store, a
+SQLite journal that then holds 1 rollout.  Its records, as journal ``Entry`` objects, and the
+summary the store holds for it (``store.summaries()``; None if the runner wrote none) are copied
+into the big store under 10,000 other auto-deploy tags, one append each.  In the copies every
+string naming the version (its ``created`` record, idempotency keys, ...) names the copy's.
+
+(R) CPU time (``time.process_time``) of one whole simulated rollout appended into the big store
+    against the small one, as the product runs one: the simulated backend from the registry, a
+    ``Runner`` (``auto_promote``), ``create`` then ``run`` to done.  Each sample is a pair, one
+    rollout into each store, in alternating order; the figure is the ratio of the medians.  Each
+    measured rollout stays in its store (the small one ends with a few more than 1).  Then the
+    same again with the store's methods timed, to show the store's own share.
+(S) Wall time of the whole process ``deploystate status --store FILE`` (the listing of every
+    rollout) on each journal: interleaved runs, medians, their ratio; CPU and peak RSS of the
+    process from ``os.wait4``.
+
+It prints numbers and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploystate import registry, simulation
+from deploystate.config import RunnerConfig
+from deploystate.journal import Entry
+from deploystate.notices import FanOut
+from deploystate.ports import Store, Summary
+from deploystate.runner import Runner
+from deploystate.simulation import SIMULATED, settings_for_simulate
+from deploystate.spec import default_spec
+from deploystate.sqlite_store import SQLiteStore
+
+SPEC = default_spec()
+R_TARGET = 1.2
+S_TARGET = 4.0
+
+
+# -- a rollout the way the product runs one ---------------------------------------------------------
+
+
+def simulate_once(store: Store, version: str) -> str:
+    """One whole simulated rollout into ``store``; returns how it stopped."""
+    settings = settings_for_simulate({}, spec=SPEC, store=None, seed=None, fail=(), retry_fixes=(), hang=())
+    backends = registry.create(SIMULATED, settings)
+    try:
+        # Older runners left moving the simulated clock to the tag's time to the caller; newer
+        # ones do it in create() through Backends.prepare.
+        catch_up = getattr(simulation, "catch_up_to_tag", None)
+        if catch_up is not None:
+            catch_up(backends, version)
+        runner = Runner(store, backends, config=RunnerConfig(auto_promote="bench"), notifier=FanOut([]))
+        runner.create(version, SPEC)
+        return str(runner.run(version).stop.value)
+    finally:
+        release = getattr(simulation, "release", None)
+        if release is not None:
+            release(backends)
+        else:
+            backends.close()
+
+
+def versions(start: dt.datetime, count: int, step: dt.timedelta) -> Iterator[str]:
+    """Valid auto-deploy tags, ``MAJOR.MINOR.YYYYMMDDHHMM`` of a real UTC time, ``step`` apart."""
+    moment = start
+    for _ in range(count):
+        yield f"13.10.{moment:%Y%m%d%H%M}"
+        moment += step
+
+
+def renamed(value: Any, old: str, new: str) -> Any:
+    """``value`` (plain JSON) with ``old`` replaced by ``new`` in every string and key."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, Mapping):
+        return {renamed(k, old, new): renamed(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [renamed(v, old, new) for v in value]
+    return value
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def spread(samples: Sequence[float]) -> str:
+    ordered = sorted(samples)
+    return (f"median {ms(statistics.median(ordered))} (min {ms(ordered[0])}, max {ms(ordered[-1])}, "
+            f"n={len(ordered)})")
+
+
+def cpu(call: Callable[[], object]) -> float:
+    started = time.process_time()
+    call()
+    return time.process_time() - started
+
+
+class TimedStore:
+    """``store`` with the CPU time of each of its methods added up (``hold`` included)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.spent: defaultdict[str, float] = defaultdict(float)
+        self.calls: defaultdict[str, int] = defaultdict(int)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+        if not callable(method):
+            return method
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.spent[name] += time.process_time() - started
+                self.calls[name] += 1
+        return timed
+
+
+# Runs one command and reports it.  A child's peak RSS counts the image it was started from
+# (the parent's, up to exec); this launcher is small, the bench process is not.
+_LAUNCHER = """
+import json, os, subprocess, sys, tempfile, time
+argv = json.loads(sys.argv[1])
+with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=output, stderr=errors)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    errors.seek(0)
+    output.seek(0)
+    print(json.dumps({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_kb": usage.ru_maxrss,
+                      "code": os.waitstatus_to_exitcode(status), "lines": output.read().count(b"\\n"),
+                      "errors": errors.read().decode(errors="replace").strip()}))
+"""
+
+
+def status_child(argv: Sequence[str], cwd: Path) -> dict[str, Any]:
+    """Wall and CPU (user + system) seconds, peak RSS (KB), exit code, lines of output and stderr
+    of one process running ``argv``, without outside settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYSTATE_")}
+    out = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, json.dumps(list(argv))], cwd=cwd, env=env,
+                         capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def command() -> list[str]:
+    script = Path(sys.executable).with_name("deploystate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "deploystate"]
+
+
+# -- the parts ---------------------------------------------------------------------------------------
+
+
+def set_up(folder: Path, count: int) -> tuple[Path, Path, str]:
+    small_path, big_path = folder / "small.sqlite", folder / "big.sqlite"
+    (original,) = versions(dt.datetime(2021, 3, 1, 12, 20), 1, dt.timedelta())
+    started = time.perf_counter()
+    with SQLiteStore(small_path) as small:
+        stop = simulate_once(small, original)
+        records = small.read(original)
+        last, summary = small.summaries()[original]
+    fresh = summary is not None and summary.seq == last
+    print(f"  the real rollout: {original}, stopped {stop}, {len(records)} records; its summary: "
+          f"{'fresh' if fresh else 'stale' if summary else 'none (the runner passes no summary)'}")
+    copies = versions(dt.datetime(2021, 4, 1, 0, 7), count, dt.timedelta(minutes=7))
+    with SQLiteStore(big_path) as big:
+        for version in copies:
+            entries = [Entry(r.action, r.at, r.actor, r.step, renamed(r.data, original, version))
+                       for r in records]
+            data = None if summary is None else renamed(summary.data, original, version)
+            big.append(version, 0, entries, summary=data)
+        stored = big.summaries()
+    fresh_copies = sum(1 for last, s in stored.values() if isinstance(s, Summary) and s.seq == last)
+    print(f"  big store: {len(stored):,} rollouts, {len(stored) * len(records):,} records, "
+          f"{fresh_copies:,} fresh summaries, {big_path.stat().st_size / 1e6:.1f} MB, "
+          f"set-up {time.perf_counter() - started:.1f} s")
+    return small_path, big_path, original
+
+
+def part_r(small_path: Path, big_path: Path, count: int, samples: int) -> float:
+    print(f"(R) one whole simulated rollout into a store of {count:,} rollouts vs of 1, CPU")
+    opens: dict[str, list[float]] = {"small": [], "big": []}
+    for _ in range(samples):
+        for name, path in (("big", big_path), ("small", small_path)):
+            opens[name].append(cpu(lambda p=path: SQLiteStore(p).close()))
+    print(f"  opening the store, {count:,} rollouts: {spread(opens['big'])}")
+    print(f"  opening the store, 1 rollout:        {spread(opens['small'])}")
+
+    fresh = versions(dt.datetime(2022, 1, 3, 9, 1), 4 * samples + 2, dt.timedelta(minutes=11))
+    copies = iter(range(10**6))
+
+    def opened(name: str) -> SQLiteStore:
+        """The big store itself (it grows by one rollout a sample), or a new copy of the small one."""
+        if name == "big":
+            return SQLiteStore(big_path)
+        path = small_path.with_name(f"small-{next(copies)}.sqlite")
+        shutil.copyfile(small_path, path)
+        return SQLiteStore(path)
+
+    def measured(name: str, wrap: Callable[[Store], Store] = lambda s: s) -> float:
+        with opened(name) as store:
+            wrapped, version = wrap(store), next(fresh)
+            return cpu(lambda: simulate_once(wrapped, version))
+
+    for name in ("big", "small"):  # a first rollout each (imports, caches), not counted
+        measured(name)
+    costs: dict[str, list[float]] = {"big": [], "small": []}
+    for index in range(samples):
+        for name in ("big", "small") if index % 2 == 0 else ("small", "big"):
+            costs[name].append(measured(name))
+    big, small = statistics.median(costs["big"]), statistics.median(costs["small"])
+    print(f"  rollout into {count:,} rollouts: {spread(costs['big'])}")
+    print(f"  rollout into 1 rollout:        {spread(costs['small'])}")
+    ratio = big / small
+    print(f"new rollout cost, store of {count} vs 1 rollout: {ratio:.2f} x")
+    print(f"  target <= {R_TARGET}: {'met' if ratio <= R_TARGET else 'missed'}")
+
+    timed: dict[str, list[TimedStore]] = {"big": [], "small": []}
+
+    def timing(name: str) -> Callable[[Store], Store]:
+        def wrap(store: Store) -> Store:
+            timed[name].append(TimedStore(store))
+            return timed[name][-1]  # type: ignore[return-value]
+        return wrap
+
+    for index in range(samples):
+        for name in ("big", "small") if index % 2 == 0 else ("small", "big"):
+            measured(name, timing(name))
+    for name, label in (("big", f"{count:,} rollouts"), ("small", "1 rollout")):
+        spent: defaultdict[str, float] = defaultdict(float)
+        calls: defaultdict[str, int] = defaultdict(int)
+        for one in timed[name]:
+            for method, seconds in one.spent.items():
+                spent[method] += seconds / samples
+                calls[method] += one.calls[method]
+        shown = ", ".join(f"{method} {calls[method] / samples:.0f}x {spent[method] * 1000:.2f} ms"
+                          for method in sorted(spent, key=spent.__getitem__, reverse=True))
+        print(f"  of which in the store ({label}), per rollout: {sum(spent.values()) * 1000:.2f} ms: {shown}")
+    return ratio
+
+
+def part_s(small_path: Path, big_path: Path, count: int, runs: int) -> None:
+    print(f"(S) the whole process `deploystate status --store FILE`, {count:,} rollouts vs 1")
+    argv = {name: [*command(), "status", "--store", str(path)]
+            for name, path in (("big", big_path), ("small", small_path))}
+    print(f"  command: {shlex.join(argv['big'])}")
+    results: dict[str, list[dict[str, Any]]] = {"big": [], "small": []}
+    for index in range(runs + 1):
+        order = ("big", "small") if index % 2 == 0 else ("small", "big")
+        for name in order:
+            run = status_child(argv[name], big_path.parent)
+            if run["code"] != 0:
+                print(f"  status on the {name} store failed (exit code {run['code']}): "
+                      f"{run['errors'][-500:]}")
+                return
+            if index > 0:  # the first pair warms the page cache and the bytecode cache
+                results[name].append(run)
+    for name, label in (("big", f"{count:,} rollouts"), ("small", "1 rollout")):
+        rows = results[name]
+        print(f"  {label:>16}: wall {spread([r['wall'] for r in rows])}; CPU median "
+              f"{ms(statistics.median(r['cpu'] for r in rows))}; peak RSS "
+              f"{max(r['rss_kb'] for r in rows) / 1024:.0f} MB; {rows[-1]['lines']} lines of output")
+    ratio = (statistics.median(r["wall"] for r in results["big"])
+             / statistics.median(r["wall"] for r in results["small"]))
+    print(f"status of {count} rollouts vs 1 rollout (whole process): {ratio:.2f} x")
+    print(f"  target <= {S_TARGET}: {'met' if ratio <= S_TARGET else 'missed'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--rollouts", type=int, default=10_000, help="rollouts in the big store")
+    parser.add_argument("--samples", type=int, default=15, help="rollouts measured per store in (R)")
+    parser.add_argument("--runs", type=int, default=5, help="status processes per store in (S)")
+    args = parser.parse_args()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs, "
+          f"load average {load}")
+    with tempfile.TemporaryDirectory() as folder:
+        small_path, big_path, _ = set_up(Path(folder), args.rollouts)
+        part_s(small_path, big_path, args.rollouts, args.runs)  # first: (R) adds rollouts
+        with SQLiteStore(big_path) as big:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            problems = big.check()
+            wall, spent = time.perf_counter() - started, time.process_time() - cpu_started
+            print(f"SQLiteStore.check() of the big store ('deploystate check-store'): {wall:.2f} s wall, "
+                  f"{spent:.2f} s CPU, {len(problems)} problems")
+        part_r(small_path, big_path, args.rollouts, args.samples)
+
+
+if __name__ == "__main__":
+    main()

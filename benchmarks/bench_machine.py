@@ -1,25 +1,46 @@
-"""What our compiled machine costs next to a bare `transitions` machine of the same shape.
+"""What one event costs on our compiled machine, next to three other state-machine engines.
 
 Run from the repository root::
 
-    python benchmarks/bench_machine.py            # both built-in specs
-    python benchmarks/bench_machine.py --quick    # fewer repetitions, for a smoke run
+    python benchmarks/bench_machine.py             # the seed spec, 15 interleaved rounds
+    python benchmarks/bench_machine.py --quick     # 3 small rounds: a smoke run
+    python benchmarks/bench_machine.py --spec seed --spec reordered
 
-Three measurements per spec (``seed`` and ``reordered``):
+Four engines hold the same machine, the spec's shape (one parallel region per step with the
+phases pending/running/succeeded/failed, the same transitions and trigger names), the same
+guards (a join starts only when every needed region succeeded; ``finish`` only when every region
+did; a bake's ``succeed`` needs ``elapsed_s`` >= its duration, a promotion's needs ``by``), and
+each is driven through the same event sequence, a whole successful rollout (start and succeed
+every step in dependency order, then ``finish``):
 
-(a) per-event cost of ``RolloutMachine.fire`` against a bare ``HierarchicalMachine`` (same states,
-    transitions and trigger names; '.' separator; default model binding; triggers called on the
-    model; no guards).  Each round drives fresh rollouts through the full event sequence (start and
-    succeed every step in dependency order, then finish); rounds alternate ours/bare so that drift
-    of the machine (frequency scaling, other load) hits both alike.  Medians over the rounds.
-    ``fire`` remembers the next state per (state, trigger) once transitions has computed it, so
-    "warm" is a machine that has already seen the sequence (every later rollout) and "cold" is the
-    first rollout on a freshly built machine (every step goes through transitions).
-(b) construction time of the machine (ours vs bare), also interleaved.
-(c) memory per extra rollout on one machine: tracemalloc around adding 1,000 rollouts.
-    tracemalloc runs only here, never while timing, because it slows every allocation.
+- ``ours``: :class:`deploystate.machine.RolloutMachine` and ``fire``;
+- ``transitions``: a bare ``HierarchicalMachine`` ('.' separator, default model binding, triggers
+  called on the model, guards as conditions with ``send_event=True``);
+- ``python-statemachine``: a ``StateChart`` class built with
+  ``statemachine.io.create_machine_class_from_definition`` (a parallel state of compound regions,
+  guards as ``cond`` callables), ``send(event, **data)``;
+- ``sismic``: a ``Statechart`` built with ``sismic.model`` (an orthogonal state of compound
+  regions, guards in sismic's Python evaluator, e.g. ``active('wait_cng.succeeded')``),
+  ``queue(event, **data)`` then ``execute_once()``.
 
-The script prints numbers and the targets beside them; it asserts nothing about them.
+Before anything is timed, every engine must finish the rollout with that sequence and must refuse
+a join whose needs have not all succeeded and a bake that has not lasted: a guard that is not
+there cannot make an engine look fast.
+
+(a) COLD, the headline: each measured rollout is the first one on a freshly built machine (for
+    ours: ``RolloutMachine.fire``'s cache of learnt next states is empty, as for the first rollout
+    a process sees; for python-statemachine a fresh class, for sismic a fresh statechart and
+    interpreter).  Building the machine and adding the rollout are not timed, only the events.
+(b) replay of known paths: fresh rollouts on a machine that has already seen the sequence (ours
+    replays next states it learnt; the others have nothing to learn, shown for comparison).
+(c) construction of the machine, per engine.
+(d) memory per extra rollout on one machine, tracemalloc around adding 1,000 rollouts
+    (tracemalloc runs only here, never while timing, because it slows every allocation).
+
+Engines alternate within every round (interleaved rounds), so drift of a shared, noisy machine
+(frequency scaling, other load) hits all of them alike; the tables show medians over rounds and
+ratios to the fastest engine of that table.  The script prints numbers and the targets beside
+them; it asserts nothing about them.
 """
 
 from __future__ import annotations
@@ -33,11 +54,14 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
-import transitions
+import attrs
+from transitions import MachineError
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
+from deploystate.errors import EventRefused
 from deploystate.machine import (
     ABORTED,
     ACTIVE,
@@ -48,16 +72,98 @@ from deploystate.machine import (
     Phase,
     RolloutMachine,
 )
-from deploystate.spec import Spec, StepKind, builtin_spec
+from deploystate.spec import Spec, Step, StepKind, builtin_spec
 
-EVENT_RATIO_TARGET = 1.5
+COLD_RATIO_TARGET = 1.2  # ours cold within 1.2x of the fastest engine
 BYTES_PER_ROLLOUT_TARGET = 20 * 1024
 MEMORY_ROLLOUTS = 1_000
+BUILDS_PER_SAMPLE = 5
 
 Event = tuple[Action, str | None, dict[str, Any]]
+Call = tuple[str, dict[str, Any]]
 
 
-# -- the bare machine: the same shape, nothing of ours ----------------------------------------
+# -- the event sequence -----------------------------------------------------------------------
+def full_sequence(spec: Spec) -> list[Event]:
+    """Start and succeed every step in dependency order, then finish: a clean rollout."""
+    events: list[Event] = []
+    for step in spec.steps:
+        events.append((Action.START, step.name, {}))
+        events.append((Action.SUCCEED, step.name, _success_data(step)))
+    events.append((Action.FINISH, None, {}))
+    return events
+
+
+def _success_data(step: Step) -> dict[str, Any]:
+    if step.kind is StepKind.BAKE:
+        return {"elapsed_s": step.duration_s}
+    if step.kind is StepKind.PROMOTION:
+        return {"by": "release-manager"}
+    return {}
+
+
+def as_calls(events: list[Event]) -> list[Call]:
+    return [(a.value if s is None else f"{a.value}_{s}", data) for a, s, data in events]
+
+
+def _rows(step: Step) -> tuple[tuple[Action, Phase, Phase], ...]:
+    return (*STEP_TRANSITIONS, BAKE_SKIP) if step.kind is StepKind.BAKE else STEP_TRANSITIONS
+
+
+def _data_check(step: Step, action: Action) -> Callable[[dict[str, Any]], bool] | None:
+    """The same data guards as ours (a bake lasted, a promotion names who, a skip says why)."""
+    if action is Action.SUCCEED and step.kind is StepKind.BAKE:
+        duration = step.duration_s or 0
+        return lambda data: _number(data.get("elapsed_s")) >= duration
+    if action is Action.SUCCEED and step.kind is StepKind.PROMOTION:
+        return lambda data: _text(data.get("by"))
+    if action is Action.SKIP:
+        return lambda data: _text(data.get("reason")) and _text(data.get("by"))
+    return None
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _number(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float("-inf")
+
+
+# -- the engines ------------------------------------------------------------------------------
+@attrs.frozen
+class Engine:
+    """How to build one engine's machine, add a rollout to it, and drive the sequence."""
+
+    name: str
+    build: Callable[[], Any]
+    start: Callable[[Any, int], Any]
+    drive: Callable[[Any, Any], None]
+    final: Callable[[Any, Any], bool]
+    refuses: Callable[[Any, Any, str, dict[str, Any]], bool]  # fire one event: True if refused
+    release: Callable[[Any, Any], None] = lambda machine, rollout: None
+
+
+def ours(spec: Spec, events: list[Event]) -> Engine:
+    def drive(machine: RolloutMachine, rollout: Any) -> None:
+        fire = machine.fire
+        for action, step, data in events:
+            fire(rollout, action, step, **data)
+
+    def refuses(machine: RolloutMachine, rollout: Any, trigger: str, data: dict[str, Any]) -> bool:
+        action, _, step = trigger.partition("_")
+        try:
+            machine.fire(rollout, action, step or None, **data)
+        except EventRefused:
+            return True
+        return False
+
+    return Engine("ours", lambda: RolloutMachine(spec), lambda m, i: m.new(f"r{i}"), drive,
+                  lambda m, r: m.status(r) == DONE, refuses, lambda m, r: m.release(r))
+
+
 class _DotState(NestedState):
     separator = "."
 
@@ -69,120 +175,263 @@ class _BareHSM(HierarchicalMachine):
 class BareModel:
     """A plain model: transitions binds its triggers, ``may_*`` and ``is_*`` helpers onto it."""
 
+    state: Any
+
 
 def bare_machine(spec: Spec) -> HierarchicalMachine:
     regions = [
         {"name": s.name, "children": [p.value for p in Phase], "initial": Phase.PENDING.value}
         for s in spec.steps
     ]
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     for step in spec.steps:
-        table = [*STEP_TRANSITIONS, BAKE_SKIP] if step.kind is StepKind.BAKE else list(STEP_TRANSITIONS)
-        for action, source, dest in table:
+        for action, source, dest in _rows(step):
+            conditions: list[Callable[[Any], bool]] = []
+            if action is Action.START and step.needs:
+                needed = tuple(f"{ACTIVE}.{n}.{Phase.SUCCEEDED.value}" for n in step.needs)
+                conditions.append(lambda event, needed=needed: all(p in event.model.state for p in needed))
+            check = _data_check(step, action)
+            if check is not None:
+                conditions.append(lambda event, check=check: check(event.kwargs))
             rows.append({
                 "trigger": f"{action.value}_{step.name}",
                 "source": f"{ACTIVE}.{step.name}.{source.value}",
                 "dest": f"{ACTIVE}.{step.name}.{dest.value}",
+                "conditions": conditions,
             })
-    rows.append({"trigger": Action.FINISH.value, "source": ACTIVE, "dest": DONE})
-    rows.append({"trigger": Action.ABORT.value, "source": ACTIVE, "dest": ABORTED})
-    # auto_transitions off so both machines have exactly the same transitions (and to_* helpers
-    # would make construction O(n^2), domain.md); everything else is transitions' default.
-    return _BareHSM(
-        model=None,
-        states=[{"name": ACTIVE, "parallel": regions}, DONE, ABORTED],
-        transitions=rows,
-        initial=ACTIVE,
-        auto_transitions=False,
-    )
+    every = tuple(f"{ACTIVE}.{s.name}.{Phase.SUCCEEDED.value}" for s in spec.steps)
+    rows.append({"trigger": Action.FINISH.value, "source": ACTIVE, "dest": DONE,
+                 "conditions": [lambda event: all(p in event.model.state for p in every)]})
+    rows.append({"trigger": Action.ABORT.value, "source": ACTIVE, "dest": ABORTED,
+                 "conditions": [lambda event: _text(event.kwargs.get("reason"))]})
+    # auto_transitions off so that both machines have exactly the same transitions (to_* helpers
+    # would also make construction O(n^2)); send_event so that guards see the model and the data.
+    return _BareHSM(model=None, states=[{"name": ACTIVE, "parallel": regions}, DONE, ABORTED],
+                    transitions=rows, initial=ACTIVE, auto_transitions=False, send_event=True)
 
 
-# -- the event sequence -----------------------------------------------------------------------
-def full_sequence(spec: Spec) -> list[Event]:
-    """Start and succeed every step in dependency order, then finish: a clean rollout."""
-    events: list[Event] = []
-    for step in spec.steps:
-        data: dict[str, Any] = {}
-        if step.kind is StepKind.BAKE:
-            data = {"elapsed_s": step.duration_s}
-        elif step.kind is StepKind.PROMOTION:
-            data = {"by": "release-manager"}
-        events.append((Action.START, step.name, {}))
-        events.append((Action.SUCCEED, step.name, data))
-    events.append((Action.FINISH, None, {}))
-    return events
+def bare(spec: Spec, events: list[Event]) -> Engine:
+    calls = as_calls(events)
 
-
-def bare_calls(events: list[Event]) -> list[tuple[str, dict[str, Any]]]:
-    return [(a.value if s is None else f"{a.value}_{s}", data) for a, s, data in events]
-
-
-def check_sequences(spec: Spec, events: list[Event]) -> None:
-    """Refuse to print numbers for a sequence that does not finish the rollout on both machines."""
-    ours = RolloutMachine(spec)
-    rollout = ours.new("check")
-    for action, step, data in events:
-        ours.fire(rollout, action, step, **data)
-    bare = bare_machine(spec)
-    model = BareModel()
-    bare.add_model(model)
-    for trigger, data in bare_calls(events):
-        getattr(model, trigger)(**data)
-    if ours.status(rollout) != DONE or model.state != DONE:  # type: ignore[attr-defined]
-        raise SystemExit(f"{spec.name}: the event sequence does not finish a rollout; fix full_sequence")
-
-
-# -- (a) per-event cost -----------------------------------------------------------------------
-def time_ours(machine: RolloutMachine, events: list[Event], rollouts: int) -> float:
-    batch = [machine.new(f"r{i}") for i in range(rollouts)]
-    fire = machine.fire
-    gc.disable()
-    started = time.perf_counter_ns()
-    for rollout in batch:
-        for action, step, data in events:
-            fire(rollout, action, step, **data)
-    elapsed = time.perf_counter_ns() - started
-    gc.enable()
-    for rollout in batch:
-        machine.release(rollout)
-    return elapsed / (rollouts * len(events))
-
-
-def time_bare(machine: HierarchicalMachine, calls: list[tuple[str, dict[str, Any]]],
-              rollouts: int) -> float:
-    batch = [BareModel() for _ in range(rollouts)]
-    for model in batch:
+    def start(machine: HierarchicalMachine, _: int) -> BareModel:
+        model = BareModel()
         machine.add_model(model)
-    # Resolving the bound trigger is part of "calling a trigger on the model", so it stays timed.
-    gc.disable()
-    started = time.perf_counter_ns()
-    for model in batch:
+        return model
+
+    def drive(machine: HierarchicalMachine, model: BareModel) -> None:
+        # Resolving the bound trigger is part of "calling a trigger on the model": it stays timed.
         for trigger, data in calls:
             getattr(model, trigger)(**data)
-    elapsed = time.perf_counter_ns() - started
-    gc.enable()
-    for model in batch:
-        machine.remove_model(model)
-    return elapsed / (rollouts * len(calls))
+
+    def refuses(machine: HierarchicalMachine, model: BareModel, trigger: str, data: dict[str, Any]) -> bool:
+        before = model.state
+        try:
+            accepted = getattr(model, trigger)(**data)
+        except MachineError:
+            return True
+        return not accepted and model.state == before
+
+    return Engine("transitions", lambda: bare_machine(spec), start, drive, lambda m, r: r.state == DONE,
+                  refuses, lambda m, r: m.remove_model(r))
 
 
-def time_ours_cold(spec: Spec, events: list[Event], machines: int) -> float:
-    """The first rollout on each of several fresh machines: nothing learnt yet."""
-    fresh = [RolloutMachine(spec) for _ in range(machines)]
-    batch = [(machine, machine.new("cold")) for machine in fresh]
+def psm_class(spec: Spec) -> type[Any]:
+    from statemachine.io import create_machine_class_from_definition
+
+    def leaf(step: str, phase: Phase) -> str:
+        return f"{step}__{phase.value}"  # state ids are global in python-statemachine
+
+    regions: dict[str, Any] = {}
+    for step in spec.steps:
+        states: dict[str, Any] = {
+            leaf(step.name, p): {"initial": p is Phase.PENDING, "on": {}} for p in Phase
+        }
+        for action, source, dest in _rows(step):
+            conds: list[Callable[..., bool]] = []
+            if action is Action.START and step.needs:
+                needed = tuple(leaf(n, Phase.SUCCEEDED) for n in step.needs)
+                conds.append(lambda machine, needed=needed: all(
+                    v in machine.configuration_values for v in needed))
+            check = _data_check(step, action)
+            if check is not None:
+                conds.append(lambda check=check, **data: check(data))
+            row: dict[str, Any] = {"target": leaf(step.name, dest)}
+            if conds:
+                row["cond"] = conds
+            states[leaf(step.name, source)]["on"][f"{action.value}_{step.name}"] = [row]
+        regions[step.name] = {"states": states}
+    every = tuple(leaf(s.name, Phase.SUCCEEDED) for s in spec.steps)
+    top = {
+        ACTIVE: {"parallel": True, "initial": True, "states": regions, "on": {
+            Action.FINISH.value: [{"target": DONE, "cond": lambda machine: all(
+                v in machine.configuration_values for v in every)}],
+            Action.ABORT.value: [{"target": ABORTED, "cond": lambda reason=None: _text(reason)}],
+        }},
+        DONE: {"final": True},
+        ABORTED: {"final": True},
+    }
+    return create_machine_class_from_definition(f"Rollout_{spec.name}", states=top,
+                                                allow_event_without_transition=False)
+
+
+def python_statemachine(spec: Spec, events: list[Event]) -> Engine:
+    from statemachine.exceptions import TransitionNotAllowed
+
+    calls = as_calls(events)
+
+    def drive(_: type[Any], machine: Any) -> None:
+        send = machine.send
+        for name, data in calls:
+            send(name, **data)
+
+    def refuses(_: type[Any], machine: Any, trigger: str, data: dict[str, Any]) -> bool:
+        try:
+            machine.send(trigger, **data)
+        except TransitionNotAllowed:
+            return True
+        return False
+
+    return Engine("python-statemachine", lambda: psm_class(spec), lambda cls, _: cls(), drive,
+                  lambda _, m: list(m.configuration_values) == [DONE], refuses)
+
+
+def sismic_chart(spec: Spec) -> Any:
+    from sismic.model import BasicState, CompoundState, OrthogonalState, Statechart, Transition
+
+    chart = Statechart(spec.name)
+    chart.add_state(CompoundState("root", initial=ACTIVE), None)
+    chart.add_state(OrthogonalState(ACTIVE), "root")
+    for step in spec.steps:
+        chart.add_state(CompoundState(step.name, initial=f"{step.name}.{Phase.PENDING.value}"), ACTIVE)
+        for phase in Phase:
+            chart.add_state(BasicState(f"{step.name}.{phase.value}"), step.name)
+        for action, source, dest in _rows(step):
+            guards = []
+            if action is Action.START and step.needs:
+                guards += [f"active('{n}.{Phase.SUCCEEDED.value}')" for n in step.needs]
+            if action is Action.SUCCEED and step.kind is StepKind.BAKE:
+                guards.append(f"number(event.data.get('elapsed_s')) >= {step.duration_s or 0}")
+            if action is Action.SUCCEED and step.kind is StepKind.PROMOTION:
+                guards.append("text(event.data.get('by'))")
+            if action is Action.SKIP:
+                guards.append("text(event.data.get('reason')) and text(event.data.get('by'))")
+            chart.add_transition(Transition(f"{step.name}.{source.value}", f"{step.name}.{dest.value}",
+                                            event=f"{action.value}_{step.name}",
+                                            guard=" and ".join(guards) or None))
+    chart.add_state(BasicState(DONE), "root")
+    chart.add_state(BasicState(ABORTED), "root")
+    every = " and ".join(f"active('{s.name}.{Phase.SUCCEEDED.value}')" for s in spec.steps)
+    chart.add_transition(Transition(ACTIVE, DONE, event=Action.FINISH.value, guard=every))
+    chart.add_transition(Transition(ACTIVE, ABORTED, event=Action.ABORT.value,
+                                    guard="text(event.data.get('reason'))"))
+    return chart
+
+
+def sismic(spec: Spec, events: list[Event]) -> Engine:
+    from sismic.interpreter import Interpreter
+
+    calls = as_calls(events)
+
+    def start(chart: Any, _: int) -> Any:
+        interpreter = Interpreter(chart, initial_context={"number": _number, "text": _text})
+        interpreter.execute_once()  # enter the initial configuration (like adding a rollout)
+        return interpreter
+
+    def drive(_: Any, interpreter: Any) -> None:
+        # One event, one macro step: execute_once() is the cheapest correct way (execute() would
+        # look once more for eventless transitions, of which this chart has none).
+        queue, once = interpreter.queue, interpreter.execute_once
+        for name, data in calls:
+            queue(name, **data)
+            once()
+
+    def refuses(_: Any, interpreter: Any, trigger: str, data: dict[str, Any]) -> bool:
+        before = sorted(interpreter.configuration)
+        interpreter.queue(trigger, **data)
+        step = interpreter.execute_once()
+        return (step is None or not step.transitions) and sorted(interpreter.configuration) == before
+
+    return Engine("sismic", lambda: sismic_chart(spec), start, drive,
+                  lambda _, it: DONE in it.configuration, refuses)
+
+
+ENGINES: tuple[Callable[[Spec, list[Event]], Engine], ...] = (ours, bare, python_statemachine, sismic)
+VERSIONS = {"transitions": "transitions", "python-statemachine": "python-statemachine", "sismic": "sismic"}
+
+
+def check(spec: Spec, events: list[Event], engine: Engine) -> None:
+    """Refuse to print numbers for an engine that does not hold the same machine."""
+    machine = engine.build()
+    rollout = engine.start(machine, 0)
+    engine.drive(machine, rollout)
+    if not engine.final(machine, rollout):
+        raise SystemExit(f"{engine.name}: the sequence does not finish a rollout of {spec.name}")
+    joins = [s for s in spec.steps if len(s.needs) > 1]
+    bakes = [s for s in spec.steps if s.kind is StepKind.BAKE]
+    if joins:  # every need but the last one succeeded, then the join: refused
+        join = joins[0]
+        probe = engine.start(machine, 1)
+        last = join.needs[-1]
+        for action, step, data in events:
+            if step == last:
+                break
+            if step is not None and step != join.name and action in (Action.START, Action.SUCCEED):
+                engine.refuses(machine, probe, f"{action.value}_{step}", data)
+        if not engine.refuses(machine, probe, f"start_{join.name}", {}):
+            raise SystemExit(f"{engine.name}: start {join.name} accepted before {last} succeeded")
+    if bakes:
+        bake = bakes[0]
+        probe = engine.start(machine, 2)
+        for action, step, data in events:
+            if step == bake.name and action is Action.SUCCEED:
+                break
+            engine.refuses(machine, probe, as_calls([(action, step, data)])[0][0], data)
+        if not engine.refuses(machine, probe, f"succeed_{bake.name}", {"elapsed_s": 0}):
+            raise SystemExit(f"{engine.name}: a bake that lasted 0 s was accepted")
+
+
+# -- timing -----------------------------------------------------------------------------------
+def time_cold(engine: Engine, machines: int, events: int) -> float:
+    """ns per event over the first rollout of each of ``machines`` freshly built machines."""
+    fresh = [engine.build() for _ in range(machines)]
+    batch = [(machine, engine.start(machine, 0)) for machine in fresh]
+    drive = engine.drive
+    gc.collect()
     gc.disable()
     started = time.perf_counter_ns()
     for machine, rollout in batch:
-        for action, step, data in events:
-            machine.fire(rollout, action, step, **data)
+        drive(machine, rollout)
     elapsed = time.perf_counter_ns() - started
     gc.enable()
-    return elapsed / (machines * len(events))
+    return elapsed / (machines * events)
+
+
+def time_replay(engine: Engine, machine: Any, rollouts: int, events: int) -> float:
+    """ns per event over ``rollouts`` fresh rollouts on a machine that has seen the sequence."""
+    batch = [engine.start(machine, i) for i in range(rollouts)]
+    drive = engine.drive
+    gc.collect()
+    gc.disable()
+    started = time.perf_counter_ns()
+    for rollout in batch:
+        drive(machine, rollout)
+    elapsed = time.perf_counter_ns() - started
+    gc.enable()
+    for rollout in batch:
+        engine.release(machine, rollout)
+    return elapsed / (rollouts * events)
+
+
+def time_build(engine: Engine) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(BUILDS_PER_SAMPLE):
+        engine.build()
+    return (time.perf_counter_ns() - started) / BUILDS_PER_SAMPLE
 
 
 def interleaved(runs: list[Callable[[], float]], rounds: int) -> list[list[float]]:
     for one in runs:
-        one()  # warm caches and lazily built structures before anything counts
+        one()  # import, warm caches and lazily built structures before anything counts
     samples: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds):
         for one, kept in zip(runs, samples, strict=True):
@@ -190,32 +439,15 @@ def interleaved(runs: list[Callable[[], float]], rounds: int) -> list[list[float
     return samples
 
 
-# -- (b) construction -------------------------------------------------------------------------
-BUILDS_PER_SAMPLE = 10  # one build takes ~1 ms: a single one is at the mercy of the scheduler
-
-
-def construct_ours(spec: Spec) -> float:
-    started = time.perf_counter_ns()
-    for _ in range(BUILDS_PER_SAMPLE):
-        RolloutMachine(spec)
-    return (time.perf_counter_ns() - started) / BUILDS_PER_SAMPLE
-
-
-def construct_bare(spec: Spec) -> float:
-    started = time.perf_counter_ns()
-    for _ in range(BUILDS_PER_SAMPLE):
-        bare_machine(spec)
-    return (time.perf_counter_ns() - started) / BUILDS_PER_SAMPLE
-
-
-# -- (c) memory per rollout -------------------------------------------------------------------
-def traced_bytes(add: Callable[[int], object]) -> float:
+def memory_per_rollout(engine: Engine) -> float:
     """Bytes still allocated per rollout after adding MEMORY_ROLLOUTS of them (kept alive)."""
+    machine = engine.build()
+    engine.start(machine, 0)  # the first may build lazily cached structures: count extra ones
     gc.collect()
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
-        kept = [add(i) for i in range(MEMORY_ROLLOUTS)]
+        kept = [engine.start(machine, i) for i in range(MEMORY_ROLLOUTS)]
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()
     finally:
@@ -224,99 +456,96 @@ def traced_bytes(add: Callable[[int], object]) -> float:
     return (after - before) / MEMORY_ROLLOUTS
 
 
-def memory_ours(spec: Spec) -> float:
-    machine = RolloutMachine(spec)
-    machine.new("warm")  # first model may build lazily cached structures; count only extra ones
-    return traced_bytes(lambda i: machine.new(f"r{i}"))
+# -- report -----------------------------------------------------------------------------------
+@attrs.frozen
+class Figures:
+    cold: list[float]
+    replay: list[float]
+    build: list[float]
+    memory: float
 
 
-def memory_bare(spec: Spec) -> float:
-    machine = bare_machine(spec)
-    machine.add_model(BareModel())
-
-    def add(_: int) -> BareModel:
-        model = BareModel()
-        machine.add_model(model)
-        return model
-
-    return traced_bytes(add)
-
-
-# -- report ---------------------------------------------------------------------------------
-def run(spec: Spec, rounds: int, rollouts: int) -> dict[str, float]:
+def run(spec: Spec, rounds: int, machines: int, rollouts: int) -> dict[str, Figures]:
     events = full_sequence(spec)
-    check_sequences(spec, events)
-    calls = bare_calls(events)
-    ours = RolloutMachine(spec)
-    bare = bare_machine(spec)
-    warm, cold, bare_event = interleaved([
-        lambda: time_ours(ours, events, rollouts),
-        lambda: time_ours_cold(spec, events, max(1, rollouts // 10)),
-        lambda: time_bare(bare, calls, rollouts),
-    ], rounds)
-    ours_build, bare_build = interleaved([lambda: construct_ours(spec), lambda: construct_bare(spec)], rounds)
+    engines = [make(spec, events) for make in ENGINES]
+    for engine in engines:
+        check(spec, events, engine)
+    count = len(events)
+    cold = interleaved([lambda e=e: time_cold(e, machines, count) for e in engines], rounds)
+    seen = []
+    for engine in engines:
+        machine = engine.build()
+        first = engine.start(machine, 0)
+        engine.drive(machine, first)  # the sequence has been seen once: paths are known
+        seen.append(machine)
+    replay = interleaved([lambda e=e, m=m: time_replay(e, m, rollouts, count)
+                          for e, m in zip(engines, seen, strict=True)], rounds)
+    build = interleaved([lambda e=e: time_build(e) for e in engines], rounds)
     # Memory last, after all timing: tracemalloc must not be running while anything is timed.
-    return {
-        "events": len(events),
-        "warm_us": statistics.median(warm) / 1000,
-        "cold_us": statistics.median(cold) / 1000,
-        "bare_us": statistics.median(bare_event) / 1000,
-        "warm_spread": _spread(warm) / 1000,
-        "cold_spread": _spread(cold) / 1000,
-        "bare_spread": _spread(bare_event) / 1000,
-        "ours_build_ms": statistics.median(ours_build) / 1e6,
-        "bare_build_ms": statistics.median(bare_build) / 1e6,
-        "ours_bytes": memory_ours(spec),
-        "bare_bytes": memory_bare(spec),
-    }
+    memory = [memory_per_rollout(e) for e in engines]
+    return {e.name: Figures(c, r, b, m)
+            for e, c, r, b, m in zip(engines, cold, replay, build, memory, strict=True)}
 
 
-def _spread(samples: list[float]) -> float:
-    return max(samples) - min(samples)
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
 
 
-def print_report(results: dict[str, dict[str, float]], rounds: int, rollouts: int) -> None:
-    print(f"python {platform.python_version()}, transitions {transitions.__version__}, "
-          f"{platform.machine()}; {rounds} interleaved rounds; {rollouts} fresh rollouts per warm/bare "
-          f"round, {max(1, rollouts // 10)} fresh machines per cold round")
+def _table(title: str, figures: dict[str, list[float]], scale: float, unit: str, digits: int) -> None:
+    print(title)
+    medians = {name: _median(s) / scale for name, s in figures.items()}
+    fastest = min(medians.values())
+    print(f"  {'engine':<21} {unit:>10} {'spread':>9} {'x fastest':>10}")
+    for name, samples in figures.items():
+        spread = (max(samples) - min(samples)) / scale
+        print(f"  {name:<21} {medians[name]:>10.{digits}f} {spread:>9.{digits}f} "
+              f"{medians[name] / fastest:>9.2f}x")
+
+
+def print_report(spec: Spec, results: dict[str, Figures], events: int) -> None:
+    print(f"spec {spec.name}: {len(spec.steps)} steps, {events} events per rollout")
+    cold = {n: f.cold for n, f in results.items()}
+    _table("(a) COLD, the first rollout on a fresh machine (nothing learnt): per event, median us "
+           "(spread = max-min over rounds)", cold, 1000, "us/event", 1)
+    medians = {n: _median(s) for n, s in cold.items()}
+    others = min(v for n, v in medians.items() if n != "ours")
+    ratio = medians["ours"] / min(medians.values())
+    print(f"  target: ours within {COLD_RATIO_TARGET}x of the fastest -> {ratio:.2f}x "
+          f"({'met' if ratio <= COLD_RATIO_TARGET else 'MISSED'}); ours / fastest other engine: "
+          f"{medians['ours'] / others:.3f}")
+    print()
+    _table("(b) replay of known paths: fresh rollouts on a machine that has seen the sequence, "
+           "per event, median us", {n: f.replay for n, f in results.items()}, 1000, "us/event", 2)
+    print()
+    _table("(c) building the machine, median ms", {n: f.build for n, f in results.items()}, 1e6, "ms", 2)
+    print()
+    print(f"(d) memory per extra rollout ({MEMORY_ROLLOUTS:,} added to one machine, tracemalloc), bytes; "
+          f"target ours <= {BYTES_PER_ROLLOUT_TARGET:,}")
+    for name, figures in results.items():
+        print(f"  {name:<21} {figures.memory:>10,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per measurement")
+    parser.add_argument("--machines", type=int, default=5, help="fresh machines per engine per cold round")
+    parser.add_argument("--rollouts", type=int, default=20, help="rollouts per engine per replay round")
+    parser.add_argument("--spec", action="append", help="built-in spec (default seed; repeatable)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 machines, 5 rollouts (smoke run)")
+    args = parser.parse_args()
+    rounds, machines, rollouts = (3, 2, 5) if args.quick else (args.rounds, args.machines, args.rollouts)
+    names = ", ".join(f"{n} {version(n)}" for n in VERSIONS.values())
+    print(f"python {platform.python_version()} on {platform.machine()}; {names}; {rounds} interleaved "
+          f"rounds; per round and engine {machines} fresh machines (cold), {rollouts} rollouts (replay)")
     # Other processes skew every figure; the load says how much to trust this run.
     print("load average (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
           + f" on {os.cpu_count()} CPUs")
     print(f"command: python {' '.join(sys.argv)}")
-    print()
-    print(f"(a) per event, median us (spread = max-min over rounds); target ours/bare <= "
-          f"{EVENT_RATIO_TARGET}x")
-    head = (f"  {'spec':<10} {'events':>6} {'ours warm':>10} {'ours cold':>10} {'bare':>8} "
-            f"{'warm/bare':>10} {'cold/bare':>10}   spread warm/cold/bare")
-    print(head)
-    for name, r in results.items():
-        print(f"  {name:<10} {int(r['events']):>6} {r['warm_us']:>10.1f} {r['cold_us']:>10.1f} "
-              f"{r['bare_us']:>8.1f} {r['warm_us'] / r['bare_us']:>9.3f}x "
-              f"{r['cold_us'] / r['bare_us']:>9.2f}x"
-              f"   {r['warm_spread']:.1f}/{r['cold_spread']:.1f}/{r['bare_spread']:.1f}")
-    print()
-    print("(b) machine construction, median ms")
-    print(f"  {'spec':<10} {'ours':>8} {'bare':>8} {'ours/bare':>10}")
-    for name, r in results.items():
-        print(f"  {name:<10} {r['ours_build_ms']:>8.2f} {r['bare_build_ms']:>8.2f} "
-              f"{r['ours_build_ms'] / r['bare_build_ms']:>9.2f}x")
-    print()
-    print(f"(c) memory per extra rollout ({MEMORY_ROLLOUTS:,} added to one machine, tracemalloc), bytes; "
-          f"target ours <= {BYTES_PER_ROLLOUT_TARGET:,}")
-    print(f"  {'spec':<10} {'ours':>8} {'bare':>8}")
-    for name, r in results.items():
-        print(f"  {name:<10} {r['ours_bytes']:>8,.0f} {r['bare_bytes']:>8,.0f}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per measurement")
-    parser.add_argument("--rollouts", type=int, default=50, help="fresh rollouts per timing round")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 10 rollouts (smoke run)")
-    args = parser.parse_args()
-    rounds, rollouts = (3, 10) if args.quick else (args.rounds, args.rollouts)
-    results = {name: run(builtin_spec(name), rounds, rollouts) for name in ("seed", "reordered")}
-    print_report(results, rounds, rollouts)
+    for name in args.spec or ["seed"]:
+        spec = builtin_spec(name)
+        print()
+        print_report(spec, run(spec, rounds, machines, rollouts), len(full_sequence(spec)))
+    print("load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ from deploystate.journal import Entry, MemoryStore, Record
 from deploystate.machine import RolloutMachine
 from deploystate.notices import FanOut
 from deploystate.ports import Store
-from deploystate.replay import Machines, rebuild
+from deploystate.rollout import Machines, rebuild
 from deploystate.runner import Runner, RunnerConfig, Stop
-from deploystate.simulation import SIMULATED, catch_up_to_tag, release, settings_for_simulate
+from deploystate.simulation import SIMULATED, settings_for_simulate
 from deploystate.spec import default_spec
 from deploystate.sqlite_store import SQLiteStore
 
@@ -172,12 +172,11 @@ def simulate_once(store: Store, version: str = VERSION, *, fail: Sequence[str] =
                                      hang=())
     backends = registry.create(SIMULATED, settings)
     try:
-        catch_up_to_tag(backends, version)
         runner = Runner(store, backends, config=simulate_config(auto_promote), notifier=FanOut([]))
         runner.create(version, SPEC)
         return runner.run(version).stop
     finally:
-        release(backends)
+        backends.close()
 
 
 def cold_probe() -> None:
@@ -215,7 +214,7 @@ def part_a(repetitions: int, cold_samples: int, do_profile: bool) -> None:
     lookup = cpu_samples(lambda: registry.factory(SIMULATED), repetitions)
     row("  of which finding the backend by entry point", lookup)
     factory = registry.factory(SIMULATED)
-    opened = cpu_samples(lambda: release(factory({})), repetitions)
+    opened = cpu_samples(lambda: factory({}).close(), repetitions)
     row("  of which opening the simulated world (in memory)", opened)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -347,7 +346,7 @@ def retried_journal(length: int) -> list[Record]:
             runner.retry(VERSION, "gstg", "release-manager")
             runner.run(VERSION)
     finally:
-        release(backends)
+        backends.close()
     return store.read(VERSION)[:length]
 
 

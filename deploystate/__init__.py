@@ -4,8 +4,9 @@ The pieces most users need are importable from here; adapters live in ``deployst
 and property-test rules in ``deploystate.testing`` (which needs hypothesis).
 """
 
+from deploystate.actions import Action
 from deploystate.errors import DeploystateError, EventRefused, SpecError
-from deploystate.machine import Action, Phase, Rollout, RolloutMachine
+from deploystate.machine import Phase, Rollout, RolloutMachine
 from deploystate.spec import Spec, Step, StepKind, builtin_spec, default_spec, load_spec
 
 __all__ = [

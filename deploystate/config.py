@@ -19,7 +19,6 @@ from typing import Any
 import attrs
 
 from deploystate.errors import DeploystateError
-from deploystate.runner import RunnerConfig
 from deploystate.strategy import Strategy
 from deploystate.waiting import WaitPolicy
 
@@ -50,28 +49,53 @@ class ConfigError(DeploystateError):
 
 
 @attrs.frozen
+class RunnerConfig:
+    """How a runner behaves.  Every default the runner has is written here, and only here."""
+
+    strategy: Strategy = attrs.field(factory=Strategy)
+    actor: str = "deploystate"
+    deploy_user: str = "deploystate"
+    # Promote automatically as this actor once the promotion gate opens (simulations only).
+    auto_promote: str | None = None
+    package_wait_limit_s: float = 4 * 3600
+    deployment_wait_limit_s: float = 6 * 3600
+    # How long a failed step is still watched for a retry made outside (in the deployer's UI).
+    failed_watch_s: float = 2 * 3600
+    wait_policy: WaitPolicy = attrs.field(factory=WaitPolicy)
+    # After a trigger failed in a way that leaves it in doubt (time-out, 5xx, dropped connection),
+    # the deployer may still be processing it: wait this long before looking its key up, or a
+    # late pipeline could appear after our search and the retry would make a second one.
+    trigger_doubt_s: float = 60.0
+
+
+@attrs.frozen
 class Config:
+    """Everything ``deploystate.toml`` and the environment say; defaults are the classes' own."""
+
     backend: str = "simulated"
     store: str = "deploystate.sqlite"
     spec: str = "seed"
-    actor: str = "deploystate"
-    deploy_user: str = "deploystate"
-    strategy: Strategy = attrs.field(factory=Strategy)
-    package_wait_s: float = 4 * 3600
-    deployment_wait_s: float = 6 * 3600
-    failed_watch_s: float = 2 * 3600
-    wait_policy: WaitPolicy = attrs.field(factory=WaitPolicy)
+    runner: RunnerConfig = attrs.field(factory=RunnerConfig)
     backend_settings: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "defaults"
 
+    @property
+    def strategy(self) -> Strategy:
+        return self.runner.strategy
+
     def runner_config(self, *, auto_promote: str | None = None) -> RunnerConfig:
-        return RunnerConfig(strategy=self.strategy, actor=self.actor, deploy_user=self.deploy_user,
-                            auto_promote=auto_promote, package_wait_limit_s=self.package_wait_s,
-                            deployment_wait_limit_s=self.deployment_wait_s,
-                            failed_watch_s=self.failed_watch_s, wait_policy=self.wait_policy)
+        return attrs.evolve(self.runner, auto_promote=auto_promote)
 
     def settings_for(self, backend: str) -> Mapping[str, Any]:
         return self.backend_settings.get(backend, {})
+
+
+# TOML keys of [limits] and [waiting] -> RunnerConfig / WaitPolicy fields (minutes and seconds).
+_LIMITS = {"package_wait_minutes": "package_wait_limit_s",
+           "deployment_wait_minutes": "deployment_wait_limit_s",
+           "failed_watch_minutes": "failed_watch_s"}
+_WAITING = {"min_interval_seconds": "min_interval_s", "max_interval_seconds": "max_interval_s",
+            "fixed_interval_seconds": "fixed_interval_s"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -126,31 +150,23 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Conf
     main = values.get("deploystate", {})
     limits = values.get("limits", {})
     waiting = values.get("waiting", {})
-    try:
-        strategy = Strategy(**values.get("strategy", {}))
-        policy = WaitPolicy(
-            min_interval_s=float(waiting.get("min_interval_seconds", 15)),
-            max_interval_s=float(waiting.get("max_interval_seconds", 600)),
-            fixed_interval_s=(float(waiting["fixed_interval_seconds"])
-                              if "fixed_interval_seconds" in waiting else None),
-        )
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{source}: {error}") from None
     for key, value in limits.items():
         if value <= 0:
             raise ConfigError(f"{source}: [limits] {key} must be > 0, got {value}")
     for key in ("backend", "store", "spec", "actor", "deploy_user"):
         if key in main and not str(main[key]).strip():
             raise ConfigError(f"{source}: [deploystate] {key} is empty; set it or remove the line")
-    return Config(
-        backend=main.get("backend", "simulated"), store=main.get("store", "deploystate.sqlite"),
-        spec=main.get("spec", "seed"), actor=main.get("actor", "deploystate"),
-        deploy_user=main.get("deploy_user", "deploystate"), strategy=strategy,
-        package_wait_s=60.0 * limits.get("package_wait_minutes", 240),
-        deployment_wait_s=60.0 * limits.get("deployment_wait_minutes", 360),
-        failed_watch_s=60.0 * limits.get("failed_watch_minutes", 120),
-        wait_policy=policy, backend_settings={k: dict(v) for k, v in backends.items()}, source=source,
-    )
+    try:
+        strategy = Strategy(**values.get("strategy", {}))
+        given: dict[str, Any] = {_WAITING[k]: float(v) for k, v in waiting.items()}
+        policy = WaitPolicy(**given)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: {error}") from None
+    runner = RunnerConfig(strategy=strategy, wait_policy=policy,
+                          **{k: main[k] for k in ("actor", "deploy_user") if k in main},
+                          **{_LIMITS[k]: 60.0 * v for k, v in limits.items()})
+    return Config(**{k: main[k] for k in ("backend", "store", "spec") if k in main}, runner=runner,
+                  backend_settings={k: dict(v) for k, v in backends.items()}, source=source)
 
 
 def _from_env(name: str, text: str, expected: type | tuple[type, ...]) -> Any:

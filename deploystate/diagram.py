@@ -24,8 +24,9 @@ from typing import Literal
 
 import attrs
 
+from deploystate.actions import Action
 from deploystate.errors import DeploystateError
-from deploystate.machine import ACTIVE, SEPARATOR, Action, Phase, RolloutMachine
+from deploystate.machine import ACTIVE, SEPARATOR, Phase, RolloutMachine
 from deploystate.spec import BUILTIN_SPECS, Step, StepKind, builtin_spec
 
 Format = Literal["mermaid", "dot"]

@@ -2,7 +2,7 @@
 
 A record is an event of the machine (``start``, ``succeed``, ...) or a fact around one
 (``created``, ``triggered``, ``observed``).  A rollout's state is never stored; it is rebuilt by
-replaying its records (see ``deploystate.replay``), so the state and the record cannot disagree.
+replaying its records (see ``deploystate.rollout``), so the state and the record cannot disagree.
 
 Appends name the sequence number they expect to follow: a writer that lost a race gets
 :class:`JournalConflict` and nothing is written.  Runners also hold a per-rollout lock so that

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from deploystate.actions import Action
 from deploystate.journal import Record
 from deploystate.ports import Notice, Notifier
 
 LOG = logging.getLogger("deploystate")
-RUNBOOK = "https://gitlab.com/gitlab-org/release/docs/-/tree/master/runbooks"
 
 
 def _minutes(seconds: object) -> str:
@@ -27,50 +27,54 @@ def _minutes(seconds: object) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def notice_for(record: Record) -> Notice:
-    """The notice a record deserves: severity and a one-line message for humans."""
+def notice_for(record: Record, runbook: str | None = None) -> Notice:
+    """The notice a record deserves: severity and a one-line message for humans.
+
+    ``runbook`` (a link the backend gives) is named in failure notices.
+    """
     data = record.data
     step = record.step or ""
     action = record.action
     severity = "info"
-    if action == "created":
+    if action == Action.CREATED:
         message = (f"rollout {record.rollout_id} created with spec {data.get('spec', {}).get('name')}: "
                    f"{data.get('plan', '')}")
-    elif action == "start":
+    elif action == Action.START:
         if data.get("key"):
             where = ",".join(data.get("environments", ()))
             mode = "check mode" if data.get("check_mode") else "REAL"
             message = f"{step}: starting attempt {data.get('attempt')} ({where} at {data.get('ref')}, {mode})"
         else:
             message = f"{step}: started"
-    elif action == "triggered":
+    elif action == Action.TRIGGERED:
         message = f"{step}: deployer pipeline {data.get('deployment_id')} triggered"
         if data.get("web_url"):
             message += f" {data['web_url']}"
-    elif action == "succeed":
+    elif action == Action.SUCCEED:
         message = f"{step}: succeeded"
         if "duration_s" in data:
             message += f" in {_minutes(data['duration_s'])}"
         if data.get("by"):
             why = f": {data['reason']}" if data.get("reason") else ""
             message += f" (promoted by {data['by']}{why})"
-    elif action == "skip":
+    elif action == Action.SKIP:
         severity = "warning"
         message = f"{step}: skipped by {data.get('by')}: {data.get('reason')}"
-    elif action == "fail":
+    elif action == Action.FAIL:
         severity = "error"
         message = (f"{step}: FAILED ({data.get('reason') or data.get('status')}); release managers: "
-                   f"retry with 'deploystate retry {record.rollout_id} {step}' or abort. Runbook: {RUNBOOK}")
-    elif action == "resume":
+                   f"retry with 'deploystate retry {record.rollout_id} {step}' or abort."
+                   + (f" Runbook: {runbook}" if runbook else ""))
+    elif action == Action.RESUME:
         message = f"{step}: running again (the downstream pipeline was retried)"
-    elif action == "retry":
+    elif action == Action.RETRY:
         message = f"{step}: retry requested by {record.actor}"
-    elif action == "observed":
+    elif action == Action.OBSERVED:
         severity = str(data.get("severity", "warning"))
         message = f"{step}: {data.get('message') or data.get('status')}"
-    elif action == "finish":
+    elif action == Action.FINISH:
         message = f"rollout {record.rollout_id} done"
-    elif action == "abort":
+    elif action == Action.ABORT:
         severity = "error"
         message = f"rollout {record.rollout_id} aborted by {record.actor}: {data.get('reason')}"
     else:

@@ -1,7 +1,7 @@
 """Every port the core talks to: small protocols that adapters in ``backends/`` implement.
 
 Like httpx's transports: each protocol is a handful of methods with its contract in its
-docstring, a real implementation (GitLab, SQLite), an embedded default (the simulated backend,
+docstring, a real implementation (a deployer's API, SQLite), an embedded default (the simulated backend,
 the memory store) and in-memory doubles for tests (:mod:`deploystate.doubles`).  The core in
 ``deploystate/`` imports nothing else from the outside world.
 
@@ -264,7 +264,7 @@ class Backends:
     Beside the three ports it says how its rollouts are named and linked:
 
     - ``check_version(text)`` returns the version or raises a ``DeploystateError`` saying what a
-      version must look like for this backend (GitLab's: an auto-deploy tag);
+      version must look like for this backend (e.g. an auto-deploy tag);
     - ``prepare(version)`` is called once when a rollout is created (a simulated world moves its
       clock to when the version was tagged);
     - ``runbook`` is a link given in failure notices;

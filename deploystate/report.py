@@ -1,7 +1,9 @@
 """What the command line shows about rollouts: timelines, summaries, status, history, and JSON.
 
-Everything here reads a :class:`~deploystate.replay.RolloutView` (and its records) and returns
-text or plain data; nothing here writes, calls a backend, or prints.  Times in the text are UTC;
+Everything here reads a :class:`~deploystate.rollout.RolloutView` (or a listing's summaries, or
+a rollout's records for its history) and returns text or plain data; nothing here writes, calls
+a backend, or prints.  Where a rollout stands is the view's own standing, never worked out here.
+Times in the text are UTC;
 within one rollout they are offsets from its creation, like the live progress lines.
 """
 
@@ -14,10 +16,11 @@ from typing import Any
 
 import attrs
 
+from deploystate.actions import Action
+from deploystate.decide import Stop
 from deploystate.journal import Record
-from deploystate.machine import Action, Phase
-from deploystate.replay import RolloutView
-from deploystate.runner import Stop
+from deploystate.machine import Phase
+from deploystate.rollout import RolloutView
 from deploystate.spec import StepKind
 
 NONE = "-"
@@ -90,109 +93,66 @@ class StepLine:
 
 
 def step_lines(view: RolloutView) -> list[StepLine]:
-    first_start: dict[str, float] = {}
-    closing: dict[str, Record] = {}  # the last succeed/skip/fail of each step
-    for record in view.records:
-        if record.step is None:
-            continue
-        if record.action == Action.START.value:
-            first_start.setdefault(record.step, record.at)
-        elif record.action in (Action.SUCCEED.value, Action.SKIP.value, Action.FAIL.value):
-            closing[record.step] = record
-    phases = view.phases
     lines = []
     for step in view.spec.steps:
-        run = view.steps[step.name]
-        phase = phases.get(step.name, Phase.PENDING)
-        ended = run.ended_at if phase is Phase.SUCCEEDED else run.failed_at if phase is Phase.FAILED else None
+        state = view.steps[step.name]
+        phase = state.phase
+        ended = (state.ended_at if phase is Phase.SUCCEEDED
+                 else state.failed_at if phase is Phase.FAILED else None)
         lines.append(StepLine(
-            name=step.name, kind=step.kind, phase=phase, started_at=first_start.get(step.name),
-            ended_at=ended, attempts=run.attempt, triggers=run.triggers,
-            environments=run.environments or step.targets,
-            detail=_detail(view, step.name, phase, closing.get(step.name)),
+            name=step.name, kind=step.kind, phase=phase, started_at=state.first_started_at,
+            ended_at=ended, attempts=state.attempt, triggers=state.triggers,
+            environments=state.environments or step.targets, detail=_detail(view, step.name),
         ))
     return lines
 
 
-def _detail(view: RolloutView, name: str, phase: Phase, closing: Record | None) -> str:
+def _detail(view: RolloutView, name: str) -> str:
     step = view.spec.step(name)
-    run = view.steps[name]
+    state = view.steps[name]
+    phase = state.phase
     parts: list[str] = []
     if step.targets:
-        where = ",".join(run.environments or step.targets)
-        if run.ref is not None:
-            where += f" @{run.ref}, {'check mode' if run.check_mode else 'REAL'}"
-        if run.deployment_id is not None:
-            where += f", pipeline {run.deployment_id}"
+        where = ",".join(state.environments or step.targets)
+        if state.ref is not None:
+            where += f" @{state.ref}, {'check mode' if state.check_mode else 'REAL'}"
+        if state.deployment_id is not None:
+            where += f", pipeline {state.deployment_id}"
         parts.append(where)
     elif step.kind is StepKind.PACKAGE_WAIT:
         parts.append(f"{step.package} build")
     elif step.kind is StepKind.BAKE:
         parts.append(f"{duration(step.duration_s)} soak")
-    if closing is not None and closing.action == Action.SKIP.value:
-        parts.append(f"skipped by {closing.data.get('by')}: {closing.data.get('reason')}")
+    if state.closing is Action.SKIP:
+        parts.append(f"skipped by {state.closed_by}: {state.reason}")
     elif step.kind is StepKind.PROMOTION:
-        if closing is not None and closing.action == Action.SUCCEED.value:
-            why = closing.data.get("reason")
-            parts.append(f"promoted by {closing.data.get('by')}" + (f": {why}" if why else ""))
+        if state.closing is Action.SUCCEED:
+            why = state.reason
+            parts.append(f"promoted by {state.closed_by}" + (f": {why}" if why else ""))
         elif phase is Phase.RUNNING:
             parts.append("waiting for a release manager")
-    if phase is Phase.FAILED and run.reason:
-        parts.append(f"FAILED: {run.reason}")
-    elif phase is Phase.RUNNING and run.last_status:
-        parts.append(f"last seen: {run.last_status}")
+    if phase is Phase.FAILED and state.reason:
+        parts.append(f"FAILED: {state.reason}")
+    elif phase is Phase.RUNNING and state.last_status:
+        parts.append(f"last seen: {state.last_status}")
     return "; ".join(parts)
 
 
 def situation(view: RolloutView) -> str:
     """A few words on where the rollout stands, e.g. ``waiting for promotion``."""
-    if view.status == "done":
-        return "done"
-    if view.status == "aborted":
-        return f"aborted: {view.abort_reason}"
-    phases = view.phases
-    failed = [name for name, phase in phases.items() if phase is Phase.FAILED]
-    running = [name for name, phase in phases.items() if phase is Phase.RUNNING]
-    promotion = [name for name in running if view.spec.step(name).kind is StepKind.PROMOTION]
-    if failed:
-        return f"failed: {', '.join(failed)}"
-    if promotion and len(promotion) == len(running):
-        return "waiting for promotion"
-    if running:
-        return f"running: {', '.join(running)}"
-    return "ready to run"
+    return view.standing.situation
 
 
 def next_steps(view: RolloutView, options: str = "") -> list[str]:
-    """The commands that move this rollout on, as a release engineer would type them.
-
-    ``options`` (e.g. ``" --store PATH"``) is added to each command.
-    """
-    rid = view.rollout_id
-    if not view.active:
-        return []
-    phases = view.phases
-    kinds = {name: view.spec.step(name).kind for name in phases}
-    hints: list[tuple[str, str]] = []
-    failed = [name for name, phase in phases.items() if phase is Phase.FAILED]
-    for name in failed:
-        hints.append((f"deploystate retry {rid} {name}", "then 'run' again"))
-    if any(kinds[n] is StepKind.PROMOTION and p is Phase.RUNNING for n, p in phases.items()):
-        hints.append((f"deploystate promote {rid} --by YOU", "--reason TEXT is optional"))
-    if any(kinds[n] is StepKind.BAKE and p is Phase.RUNNING for n, p in phases.items()):
-        hints.append((f"deploystate skip-bake {rid} --by YOU --reason TEXT", "incidents only"))
-    if not failed:
-        hints.append((f"deploystate run {rid}", ""))
-    hints.append((f"deploystate abort {rid} --reason TEXT", ""))
-    return [command + options + (f"    # {comment}" if comment else "") for command, comment in hints]
+    """The commands that move this rollout on, as a release engineer would type them."""
+    return view.standing.next_commands(view.rollout_id, options)
 
 
 # -- per environment: how often triggered ----------------------------------------------------
 
 def step_of_key(view: RolloutView) -> dict[str, str]:
     """Every idempotency key this rollout used, and its step (from the intents in the journal)."""
-    return {str(r.data["key"]): r.step for r in view.records
-            if r.action == Action.START.value and r.step is not None and r.data.get("key")}
+    return view.step_of_key()
 
 
 def environment_triggers(view: RolloutView,
@@ -217,8 +177,7 @@ def environment_triggers(view: RolloutView,
 def summary_data(view: RolloutView, *, stop: Stop | None = None, message: str | None = None,
                  deployer_by_step: Mapping[str, int] | None = None) -> dict[str, Any]:
     """One rollout as plain JSON data (``simulate --json``, ``status VERSION --json``)."""
-    created = view.records[0].data
-    last = view.records[-1].at
+    last = view.last_at
     return {
         "rollout": view.rollout_id,
         "version": view.version,
@@ -227,14 +186,14 @@ def summary_data(view: RolloutView, *, stop: Stop | None = None, message: str | 
         "situation": situation(view),
         "stop": stop.value if stop is not None else None,
         "message": message,
-        "plan": created.get("plan"),
+        "plan": view.plan,
         "settings": dict(view.settings),
-        "backend": created.get("backend"),
+        "backend": view.backend,
         "created_at": iso(view.created_at),
         "ended_at": iso(view.ended_at),
         "last_change_at": iso(last),
         "duration_s": (view.ended_at if view.ended_at is not None else last) - view.created_at,
-        "records": len(view.records),
+        "records": view.seq,
         "steps": [{
             "name": line.name, "kind": line.kind.value, "phase": line.phase.value,
             "attempts": line.attempts, "triggers": line.triggers,
@@ -251,10 +210,11 @@ def summary_data(view: RolloutView, *, stop: Stop | None = None, message: str | 
     }
 
 
-def list_data(views: Sequence[RolloutView]) -> list[dict[str, Any]]:
-    return [{"rollout": v.rollout_id, "status": v.status, "situation": situation(v), "spec": v.spec.name,
-             "created_at": iso(v.created_at), "last_change_at": iso(v.records[-1].at),
-             "records": len(v.records)} for v in views]
+def list_data(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every rollout of a listing (rows as :func:`deploystate.rollout.summary_of` makes them)."""
+    return [{"rollout": r["rollout"], "status": r["status"], "situation": r["situation"], "spec": r["spec"],
+             "created_at": iso(r["created_at"]), "last_change_at": iso(r["last_at"]),
+             "records": r["records"]} for r in rows]
 
 
 def history_data(records: Sequence[Record]) -> list[dict[str, Any]]:
@@ -287,17 +247,16 @@ def timeline_text(view: RolloutView) -> str:
 
 def summary_text(view: RolloutView, deployer_by_step: Mapping[str, int] | None) -> str:
     """The end of a run: where it stopped and why, the plan, and who was triggered how often."""
-    created = view.records[0].data
-    end = view.ended_at if view.ended_at is not None else view.records[-1].at
+    end = view.ended_at if view.ended_at is not None else view.last_at
     headline = {"done": "done", "aborted": f"ABORTED ({view.abort_reason})"}.get(view.status)
     if headline is None:
-        headline = "FAILED" if "failed" in situation(view) else situation(view)
+        headline = "FAILED" if view.standing.failed else situation(view)
     lines = [f"Result: {headline} after {duration(end - view.created_at)} ({span(view.created_at, end)})"]
     for line in step_lines(view):
         if line.phase is Phase.FAILED:
             lines.append(f"  failed:   {line.name} ({','.join(line.environments) or line.kind.value}): "
                          f"{view.steps[line.name].reason}")
-    lines += [f"  plan:     {created.get('plan')}", f"  backend:  {created.get('backend')}", ""]
+    lines += [f"  plan:     {view.plan}", f"  backend:  {view.backend}", ""]
     return "\n".join(lines) + "\n" + triggers_text(environment_triggers(view, deployer_by_step))
 
 
@@ -322,12 +281,11 @@ def triggers_text(per_environment: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def status_text(view: RolloutView) -> str:
-    created = view.records[0]
-    last = view.records[-1]
+    last = view.last
     lines = [
         f"rollout {view.rollout_id}: {situation(view)}",
-        f"  spec {view.spec.name}; {created.data.get('plan')}",
-        f"  created {utc(created.at)} by {created.actor}; last change {utc(last.at)} "
+        f"  spec {view.spec.name}; {view.plan}",
+        f"  created {utc(view.created_at)} by {view.created_by}; last change {utc(last.at)} "
         f"({last.action}{' ' + last.step if last.step else ''}, record {last.seq})",
         "",
     ]
@@ -343,11 +301,12 @@ def status_text(view: RolloutView) -> str:
     return text
 
 
-def list_text(views: Sequence[RolloutView]) -> str:
-    if not views:
+def list_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table of every rollout of a listing (rows as :func:`deploystate.rollout.summary_of` makes them)."""
+    if not rows:
         return "no rollouts in this journal; start one with 'deploystate start VERSION'\n"
-    rows = [[v.rollout_id, situation(v), utc(v.created_at), utc(v.records[-1].at)] for v in views]
-    return table(["rollout", "state", "created", "last change"], rows, indent="")
+    cells = [[r["rollout"], r["situation"], utc(r["created_at"]), utc(r["last_at"])] for r in rows]
+    return table(["rollout", "state", "created", "last change"], cells, indent="")
 
 
 def history_text(records: Sequence[Record]) -> str:

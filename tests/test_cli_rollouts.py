@@ -27,7 +27,7 @@ from deploystate.crashpoint import KILL_AT
 from deploystate.journal import MemoryStore
 from deploystate.machine import Phase
 from deploystate.notices import FanOut
-from deploystate.replay import rebuild
+from deploystate.rollout import rebuild
 from deploystate.runner import Runner
 from deploystate.spec import default_spec
 

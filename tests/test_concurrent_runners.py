@@ -31,16 +31,17 @@ import pytest
 from deploystate_backends.simulated import World
 
 from deploystate import registry
+from deploystate.actions import Action
 from deploystate.cli import main
 from deploystate.config import load_config
 from deploystate.crashpoint import KILL_AT
 from deploystate.journal import Record
-from deploystate.machine import Action, Phase
+from deploystate.machine import Phase
 from deploystate.notices import FanOut
 from deploystate.ports import Clock
-from deploystate.replay import TRIGGERED, RolloutView, rebuild
+from deploystate.rollout import RolloutView, rebuild
 from deploystate.runner import Runner, Stop
-from deploystate.simulation import SIMULATED, release, settings_for_store, world_beside
+from deploystate.simulation import SIMULATED, settings_for_store, world_beside
 from deploystate.spec import StepKind, default_spec
 from deploystate.sqlite_store import SQLiteStore
 
@@ -53,8 +54,8 @@ SETTINGS_ENV = ("DEPLOYSTATE_CONFIG", "DEPLOYSTATE_STORE", "DEPLOYSTATE_BACKEND"
 WAIT_S = 60.0
 
 # A runner process that stops itself at a checkpoint: STORE VERSION STOP_AT AUTO_PROMOTE.
-# STOP_AT is CHECKPOINT:N (the Nth time), or "bake-over": polling after the bake's time ran out,
-# before the runner has recorded that (its view is from before the bake ended).
+# STOP_AT is CHECKPOINT:N (the Nth time), or "bake-over": the bake's time ran out and the runner
+# decided so, but has not appended it yet (its view is from before the bake ended).
 FREEZING_RUNNER = """
 import os, signal, sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def checkpoint(name):
         view = runner.view(version)
         run = view.steps["baking_time"]
         step = view.spec.step("baking_time")
-        hit = (name == "before-call" and view.phases["baking_time"].value == "running"
+        hit = (name == "before-record" and view.phases["baking_time"].value == "running"
                and runner.clock.now() - run.started_at >= step.duration_s)
     else:
         hit = stop_at == f"{name}:{reached[name]}"
@@ -167,7 +168,7 @@ def intents(records: Sequence[Record]) -> set[str]:
 
 
 def triggered(records: Sequence[Record]) -> Counter[str]:
-    return Counter(str(r.data["key"]) for r in records if r.action == TRIGGERED)
+    return Counter(str(r.data["key"]) for r in records if r.action == Action.TRIGGERED)
 
 
 def assert_consistent(store: Path) -> RolloutView:
@@ -333,7 +334,7 @@ def test_an_operator_decision_gone_stale_is_made_again(store: Path, tmp_path: Pa
         assert promoted and promoted[0].steps[PROMOTION].ended_at is not None
     finally:
         opened.close()
-        release(backends)  # the world file the set-up runner and the operator shared
+        backends.close()  # the world file the set-up runner and the operator shared
     records = journal(store)
     promotion = one_of(records, Action.SUCCEED.value, PROMOTION)
     # Decided on record `decided_at`, refused there, decided again after the runner's records.

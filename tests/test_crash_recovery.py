@@ -36,14 +36,15 @@ import pytest
 from deploystate_backends.simulated import World
 
 from deploystate import registry
+from deploystate.actions import Action
 from deploystate.config import load_config
 from deploystate.crashpoint import KILL_AT
 from deploystate.journal import MemoryStore, Record
-from deploystate.machine import Action, Phase
+from deploystate.machine import Phase
 from deploystate.notices import FanOut
-from deploystate.replay import TRIGGERED, rebuild
+from deploystate.rollout import rebuild
 from deploystate.runner import CHECKPOINTS, Runner
-from deploystate.simulation import SIMULATED, catch_up_to_tag, settings_for_simulate, world_beside
+from deploystate.simulation import SIMULATED, settings_for_simulate, world_beside
 from deploystate.spec import StepKind, default_spec
 from deploystate.sqlite_store import SQLiteStore
 
@@ -92,7 +93,6 @@ def reference_run(*, fail: Sequence[str] = (), retry_fixes: Sequence[str] = ()) 
     settings = settings_for_simulate(config.settings_for(SIMULATED), spec=SPEC, store=None, seed=None,
                                      fail=fail, retry_fixes=retry_fixes, hang=())
     backends = registry.create(SIMULATED, settings)
-    catch_up_to_tag(backends, VERSION)
     runner_config = attrs.evolve(config.runner_config(auto_promote="simulation"),
                                  strategy=attrs.evolve(config.strategy, check_mode_everywhere=True))
     store = MemoryStore()
@@ -180,7 +180,7 @@ class Rollout:
 
 
 def triggered_keys(records: Sequence[Record]) -> set[str]:
-    return {str(r.data["key"]) for r in records if r.action == TRIGGERED}
+    return {str(r.data["key"]) for r in records if r.action == Action.TRIGGERED}
 
 
 def intents(records: Sequence[Record]) -> dict[str, str]:
@@ -302,7 +302,7 @@ def test_killed_twice_in_the_bake_resumes_with_the_time_that_remains(plain: Refe
 
 def test_killed_after_the_bake_ran_out_but_before_the_journal_knew(plain: Reference,
                                                                   tmp_path: Path) -> None:
-    point = plain.first("before-call", lambda p: baking(p) and p.now >= next(
+    point = plain.first("before-record", lambda p: baking(p) and p.now >= next(
         q.now for q in plain.points if baking(q)) + (BAKE.duration_s or 0))
     rollout = Rollout(tmp_path)
     rollout.kill(point.kill_at)

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from deploystate.actions import Action
 from deploystate.errors import EventRefused
-from deploystate.machine import Action, Phase, Rollout, RolloutMachine
+from deploystate.machine import Phase, Rollout, RolloutMachine
 from deploystate.spec import StepKind, builtin_spec, default_spec
 
 PENDING, RUNNING, SUCCEEDED, FAILED = Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED

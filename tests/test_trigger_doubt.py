@@ -14,7 +14,7 @@ import pytest
 from deploystate_backends.gitlab_standin import VirtualClock, World, seed_package_builds
 from test_gitlab_rollouts import VERSION, runner_for, trigger_pipelines
 
-from deploystate.replay import OBSERVED, TRIGGERED
+from deploystate.actions import Action
 from deploystate.runner import Stop
 from deploystate.spec import default_spec
 
@@ -61,10 +61,10 @@ def test_a_lost_trigger_answer_is_looked_up_after_the_doubt_window_and_found(sta
 
     assert runner.run(VERSION).stop is Stop.DONE
     records = runner.store.read(VERSION)
-    doubts = [r for r in records if r.action == OBSERVED and r.data.get("trigger_in_doubt")]
+    doubts = [r for r in records if r.action == Action.OBSERVED and r.data.get("trigger_in_doubt")]
     assert len(doubts) == 1
     step = doubts[0].step
-    triggered = [r for r in records if r.action == TRIGGERED and r.step == step]
+    triggered = [r for r in records if r.action == Action.TRIGGERED and r.step == step]
     assert len(triggered) == 1
     # Found, not sent again: one pipeline for that key, and not before the window ended.
     assert triggered[0].at >= doubts[0].at + 120.0

@@ -1,0 +1,365 @@
+"""Deciding what to do next: a pure function of the rollout, what was just seen outside, and now.
+
+``decide(view, outside, config)`` returns a :class:`Decision`: records to append, then calls to
+make (a deployer's status, a package build's status, a look-up, a trigger), and when to look
+again.  It calls nothing and writes nothing; :mod:`deploystate.runner` carries decisions out and
+journals them.  Like a Temporal workflow, it can be replayed and property-tested without a
+backend: the same inputs give the same decision.
+
+Exactly-once triggering rests on three rules kept here:
+
+1. a deployment's ``start`` (its intent, with a fresh idempotency key) is recorded before any
+   call that could trigger it;
+2. a key is triggered without a look-up only if this runner wrote its intent itself and has not
+   tried it yet (``Outside.fresh``); every other key is looked up first;
+3. after a trigger failed in doubt (time-out, 5xx, dropped connection), the look-up waits
+   ``trigger_doubt_s`` so that a late pipeline is found, not doubled.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from deploystate.actions import Action
+from deploystate.config import RunnerConfig
+from deploystate.journal import Entry
+from deploystate.machine import Phase
+from deploystate.ports import Deployment, Outcome, PackageBuild, TriggerRequest
+from deploystate.rollout import RolloutView, StepState
+from deploystate.spec import Step, StepKind
+from deploystate.standing import Where
+
+
+class Ask(enum.StrEnum):
+    PACKAGE = "package"  # the package build's status
+    STATUS = "status"  # the deployment's status
+    FIND = "find"  # the deployment triggered with this key, if any
+    TRIGGER = "trigger"  # start the deployment
+
+
+@attrs.frozen
+class Call:
+    """One call to make outside, for one step's current attempt."""
+
+    ask: Ask
+    step: str
+    attempt: int
+    package: str | None = None
+    version: str | None = None
+    deployment_id: str | None = None
+    request: TriggerRequest | None = None
+
+
+@attrs.frozen
+class Seen:
+    """What a call answered: a deployment (None from a look-up that found nothing), a build, or an error."""
+
+    call: Call
+    deployment: Deployment | None = None
+    build: PackageBuild | None = None
+    error: str | None = None
+    transient: bool = False
+
+
+@attrs.frozen
+class Outside:
+    """What the runner knows beyond the journal."""
+
+    now: float
+    seen: Mapping[str, Seen] = attrs.field(factory=dict)  # by step, this pass's answers
+    fresh: frozenset[str] = frozenset()  # keys whose intent this runner wrote and has not tried
+    hinted: bool = False  # the backend says when its next change happens: no polling
+
+
+class Stop(enum.StrEnum):
+    DONE = "done"
+    ABORTED = "aborted"
+    FAILED = "failed"  # a step failed; a human must retry or abort
+    PROMOTION = "waiting_for_promotion"
+    PAUSED = "paused"  # the caller's wake-up budget ran out
+
+
+@attrs.frozen
+class Decision:
+    entries: tuple[Entry, ...] = ()  # record these first, in one append
+    calls: tuple[Call, ...] = ()  # then make these
+    wake_at: float | None = None  # nothing to do before this (None: no deadline of our own)
+    stop: Stop | None = None  # the runner has nothing more to do: why
+
+    @property
+    def idle(self) -> bool:
+        return not self.entries and not self.calls
+
+
+def decide(view: RolloutView, outside: Outside, config: RunnerConfig) -> Decision:
+    """What to record and what to call now, for every step of ``view``."""
+    return _Decider(view, outside, config).all_steps()
+
+
+def decide_step(view: RolloutView, step: str, outside: Outside, config: RunnerConfig) -> Decision:
+    """The same, for the one named step (starting it if it is ready); the others are left alone."""
+    view.spec.step(step)  # an unknown name is refused here
+    return _Decider(view, outside, config).one_step(step)
+
+
+def stop_of(view: RolloutView, now: float, config: RunnerConfig) -> Stop | None:
+    """Why a runner that has nothing to do now may stop for good (None: it should wait)."""
+    standing = view.standing
+    if standing.where is Where.DONE:
+        return Stop.DONE
+    if standing.where is Where.ABORTED:
+        return Stop.ABORTED
+    for step in view.spec.steps:
+        state = view.steps[step.name]
+        if state.phase is Phase.RUNNING:
+            if step.kind is StepKind.PROMOTION and config.auto_promote is None:
+                continue
+            return None
+        if state.phase is Phase.FAILED and still_watched(step, state, now, config):
+            return None
+    if view.ready():
+        return None
+    if standing.failed:
+        return Stop.FAILED
+    if standing.promotion:
+        return Stop.PROMOTION
+    return Stop.FAILED
+
+
+def still_watched(step: Step, state: StepState, now: float, config: RunnerConfig) -> bool:
+    """A failed step is watched a while for a retry made outside (in the deployer's UI)."""
+    watchable = step.kind is StepKind.PACKAGE_WAIT or state.deployment_id is not None
+    return watchable and state.failed_at is not None and now - state.failed_at < config.failed_watch_s
+
+
+class _Decider:
+    def __init__(self, view: RolloutView, outside: Outside, config: RunnerConfig) -> None:
+        self.view = view
+        self.outside = outside
+        self.config = config
+        self.now = outside.now
+        self.entries: list[Entry] = []
+        self.calls: list[Call] = []
+        self.wake: list[float] = []
+
+    # -- the whole rollout ----------------------------------------------------------------
+    def all_steps(self) -> Decision:
+        view = self.view
+        for step in view.spec.steps:
+            self._step(step)
+        if self.entries or self.calls or not view.active:
+            return self._decision()
+        for name in view.ready():
+            self._start(view.spec.step(name))
+        if not self.entries and view.can_finish():
+            self.entries.append(self._entry(Action.FINISH, None, {}))
+        return self._decision()
+
+    def one_step(self, name: str) -> Decision:
+        step = self.view.spec.step(name)
+        self._step(step)
+        if not self.entries and not self.calls and name in self.view.ready():
+            self._start(step)
+        return self._decision()
+
+    def _decision(self) -> Decision:
+        stop = None
+        if not self.entries and not self.calls:
+            stop = stop_of(self.view, self.now, self.config)
+        return Decision(tuple(self.entries), tuple(self.calls), min(self.wake) if self.wake else None, stop)
+
+    # -- one step -------------------------------------------------------------------------
+    def _step(self, step: Step) -> None:
+        state = self.view.steps[step.name]
+        seen = self.outside.seen.get(step.name)
+        if seen is not None and seen.call.attempt != state.attempt:
+            seen = None  # an answer for an attempt that is over
+        if state.phase is Phase.RUNNING and step.targets and state.deployment_id is None:
+            # Even an ended rollout keeps a trigger the deployer accepted: it happened.
+            self._trigger(step, state, seen)
+        elif not self.view.active:
+            return
+        elif state.phase is Phase.RUNNING:
+            self._running(step, state, seen)
+        elif state.phase is Phase.FAILED:
+            self._failed(step, state, seen)
+
+    def _start(self, step: Step) -> None:
+        state = self.view.steps[step.name]
+        data: dict[str, Any] = {}
+        if step.targets:
+            attempt = state.attempt + 1
+            strategy = self.config.strategy
+            data = {"key": f"{self.view.rollout_id}/{step.name}/{attempt}", "attempt": attempt,
+                    "environments": list(step.targets), "ref": strategy.ref_for(step),
+                    "check_mode": strategy.check_mode_for(step), "version": self.view.version}
+        elif step.kind is StepKind.BAKE:
+            # The soak counts from when the deployment before it really finished, not from when
+            # we noticed (a late look would otherwise lengthen every bake).
+            ends = [self.view.steps[n].finished_at for n in step.needs]
+            known = [at for at in ends if at is not None and at <= self.now]
+            if known:
+                data = {"from": max(known)}
+        self.entries.append(self._entry(Action.START, step.name, data))
+
+    def _running(self, step: Step, state: StepState, seen: Seen | None) -> None:
+        kind = step.kind
+        if kind is StepKind.TAG:
+            self.entries.append(self._entry(Action.SUCCEED, step.name, {"version": self.view.version}))
+        elif kind is StepKind.BAKE:
+            assert state.started_at is not None and step.duration_s is not None
+            since = state.timed_from if state.timed_from is not None else state.started_at
+            elapsed = self.now - since
+            if elapsed >= step.duration_s:
+                self.entries.append(self._entry(Action.SUCCEED, step.name, {"elapsed_s": elapsed}))
+            else:
+                self.wake.append(since + step.duration_s)
+        elif kind is StepKind.PROMOTION:
+            by = self.config.auto_promote
+            if by is not None:
+                self.entries.append(Entry(Action.SUCCEED.value, self.now, by, step.name,
+                                          {"by": by, "reason": "automatic promotion (simulation)"}))
+        elif seen is None:
+            self.calls.append(self._look(step, state))
+        elif seen.error is not None:
+            self._trouble(step, state, seen)
+        elif kind is StepKind.PACKAGE_WAIT:
+            assert seen.build is not None
+            self._outcome(step, state, seen.build.outcome, seen.build.status, {},
+                          self.config.package_wait_limit_s,
+                          f"{step.package} build {seen.build.status}",
+                          f"no finished {step.package} build after {{minutes}} min ({seen.build.status})")
+        else:
+            deployment = seen.deployment
+            assert deployment is not None
+            extra: dict[str, Any] = {"deployment_id": deployment.id}
+            if deployment.finished_at is not None:
+                extra["finished_at"] = deployment.finished_at
+            self._outcome(step, state, deployment.outcome, deployment.status, extra,
+                          self.config.deployment_wait_limit_s,
+                          f"deployer pipeline {deployment.id} {deployment.status}",
+                          f"deployer pipeline {deployment.id} still {deployment.status} "
+                          "after {minutes} min")
+
+    def _look(self, step: Step, state: StepState) -> Call:
+        if step.kind is StepKind.PACKAGE_WAIT:
+            return Call(Ask.PACKAGE, step.name, state.attempt, package=step.package,
+                        version=self.view.version)
+        return Call(Ask.STATUS, step.name, state.attempt, deployment_id=state.deployment_id)
+
+    def _outcome(self, step: Step, state: StepState, outcome: Outcome, status: str, extra: dict[str, Any],
+                 limit: float, failed: str, timed_out: str) -> None:
+        assert state.started_at is not None
+        elapsed = self.now - state.started_at
+        if outcome is Outcome.SUCCEEDED:
+            self.entries.append(self._entry(Action.SUCCEED, step.name,
+                                            {"status": status, **extra, "duration_s": elapsed}))
+        elif outcome is Outcome.FAILED:
+            self.entries.append(self._entry(Action.FAIL, step.name,
+                                            {"status": status, **extra, "reason": failed}))
+        elif elapsed > limit:
+            reason = "timed out: " + timed_out.format(minutes=int(elapsed // 60))
+            self.entries.append(self._entry(Action.FAIL, step.name,
+                                            {"status": status, **extra, "timed_out": True, "reason": reason}))
+        else:
+            if outcome is Outcome.UNKNOWN and status != state.last_status:
+                self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                    "status": status, "severity": "warning",
+                    "message": f"unknown status {status!r}; treated as still running"}))
+            self.wake.append(self._next_poll(step, state, limit))
+
+    def _next_poll(self, step: Step, state: StepState, limit: float) -> float:
+        assert state.started_at is not None
+        # Wake at the wait's limit at the latest, so a time-out is announced when it happens.
+        deadline = state.started_at + limit + 1.0
+        if self.outside.hinted:
+            return deadline
+        policy = self.config.wait_policy
+        elapsed = self.now - state.started_at
+        return min(deadline, self.now + policy.delay(elapsed, policy.expected_for(step.kind.value)))
+
+    def _trouble(self, step: Step, state: StepState, seen: Seen) -> None:
+        message = str(seen.error)
+        if seen.transient:
+            if state.last_status != f"error: {message}":
+                self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                    "status": f"error: {message}", "severity": "warning",
+                    "message": f"{message} (will try again)"}))
+            self.wake.append(self.now + self.config.wait_policy.min_interval_s)
+        else:
+            self.entries.append(self._entry(Action.FAIL, step.name, {"reason": message, "status": "error"}))
+
+    # -- triggering ------------------------------------------------------------------------
+    def _trigger(self, step: Step, state: StepState, seen: Seen | None) -> None:
+        assert state.key is not None
+        if seen is not None and seen.call.ask in (Ask.FIND, Ask.TRIGGER):
+            if seen.error is None and seen.deployment is not None:
+                deployment = seen.deployment
+                data: dict[str, Any] = {"deployment_id": deployment.id, "key": deployment.key,
+                                        "status": deployment.status}
+                if deployment.web_url:
+                    data["web_url"] = deployment.web_url
+                self.entries.append(self._entry(Action.TRIGGERED, step.name, data))
+                return
+            if not self.view.active:
+                return
+            if seen.error is None:  # looked up: nobody triggered it
+                self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
+                return
+            if not seen.transient:
+                self._trouble(step, state, seen)
+                return
+            if seen.call.ask is Ask.TRIGGER:
+                doubt = self.config.trigger_doubt_s
+                self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                    "status": f"error: {seen.error}", "severity": "warning", "trigger_in_doubt": True,
+                    "message": f"{seen.error}; the trigger is in doubt: will try again after looking its "
+                               f"key up in {int(doubt)} s"}))
+                self.wake.append(self.now + doubt)
+                return
+            self._trouble(step, state, seen)  # the look-up itself failed: look again later
+            return
+        if not self.view.active:
+            return
+        if state.key in self.outside.fresh:
+            self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
+            return
+        doubt_ends = (state.doubt_since or 0.0) + self.config.trigger_doubt_s
+        if state.doubt_since is not None and self.now < doubt_ends:
+            self.wake.append(doubt_ends)
+            return
+        self.calls.append(self._trigger_call(step, state, Ask.FIND))
+
+    def _trigger_call(self, step: Step, state: StepState, ask: Ask) -> Call:
+        assert state.key is not None
+        request = TriggerRequest(key=state.key, version=self.view.version, environments=state.environments,
+                                 ref=state.ref or "", check_mode=bool(state.check_mode),
+                                 user=self.config.deploy_user)
+        return Call(ask, step.name, state.attempt, request=request)
+
+    # -- a failed step may come back ---------------------------------------------------------
+    def _failed(self, step: Step, state: StepState, seen: Seen | None) -> None:
+        if not still_watched(step, state, self.now, self.config):
+            return
+        if seen is None:
+            self.calls.append(self._look(step, state))
+            return
+        interval = self.config.wait_policy.max_interval_s
+        if seen.error is None:
+            outcome, status = ((seen.build.outcome, seen.build.status) if seen.build is not None
+                               else (seen.deployment.outcome, seen.deployment.status) if seen.deployment
+                               else (Outcome.MISSING, "missing"))
+            # A step failed by our time-out is still running out there: that is no sign of a
+            # retry, and resuming it would time it out again at once, forever.  Only success counts.
+            if outcome is Outcome.SUCCEEDED or (outcome is Outcome.WAITING and not state.timed_out):
+                self.entries.append(self._entry(Action.RESUME, step.name, {"status": status}))
+                return
+        assert state.failed_at is not None
+        self.wake.append(min(self.now + interval, state.failed_at + self.config.failed_watch_s))
+
+    def _entry(self, action: Action, step: str | None, data: dict[str, Any]) -> Entry:
+        return Entry(action.value, self.now, self.config.actor, step, data)

@@ -1,0 +1,363 @@
+"""One model of a rollout: an immutable view rebuilt from its journal records.
+
+Everything the runner, the report, the notices and the command line ask about a rollout is
+answered here, computed once per record: each step's phase (from the machine, never from the
+records a second time), its attempts, timings and deployment, and where the rollout as a whole
+stands (:mod:`deploystate.standing`).  A view never changes; :meth:`RolloutView.applied` returns
+the view after more records, so a decision made on a view cannot be spoilt by later writes.
+
+A deployment's ``start`` record carries its idempotency key, ref and check mode: it is the
+intent, written before the deployer is called.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from deploystate.actions import Action
+from deploystate.errors import EventRefused
+from deploystate.journal import Entry, JournalCorrupt, Record
+from deploystate.machine import ABORTED, ACTIVE, DONE, Phase, Rollout, RolloutMachine
+from deploystate.ports import Store
+from deploystate.spec import Spec, StepKind
+from deploystate.standing import Standing, standing_of
+
+State = tuple[str, ...] | str
+
+
+@attrs.frozen
+class StepState:
+    """What the journal says about one step: its phase, and its current attempt."""
+
+    name: str
+    kind: StepKind
+    phase: Phase = Phase.PENDING
+    attempt: int = 0
+    key: str | None = None
+    keys: tuple[str, ...] = ()  # every attempt's idempotency key, in order
+    ref: str | None = None
+    check_mode: bool | None = None
+    environments: tuple[str, ...] = ()
+    deployment_id: str | None = None
+    web_url: str | None = None
+    first_started_at: float | None = None  # the first attempt's start
+    started_at: float | None = None  # the current attempt's start
+    timed_from: float | None = None  # a bake counts from here (the deployment before it finished)
+    ended_at: float | None = None  # succeeded or skipped
+    failed_at: float | None = None
+    finished_at: float | None = None  # the deployment's own end, as its deployer reported it
+    last_status: str | None = None
+    triggers: int = 0  # accepted triggers over all attempts
+    doubt_since: float | None = None  # a trigger of this attempt failed in doubt at this time
+    reason: str | None = None
+    timed_out: bool = False  # the last failure was the runner giving up waiting
+    closed_by: str | None = None  # who promoted, or skipped the bake
+    closing: Action | None = None  # the action that last ended it (succeed, skip, fail)
+
+    @property
+    def duration_s(self) -> float | None:
+        end = self.ended_at if self.phase is Phase.SUCCEEDED else (
+            self.failed_at if self.phase is Phase.FAILED else None)
+        if self.first_started_at is None or end is None:
+            return None
+        return end - self.first_started_at
+
+
+@attrs.frozen
+class RolloutView:
+    """A rollout as rebuilt from its records.  Frozen: :meth:`applied` makes the next one."""
+
+    rollout_id: str
+    version: str
+    spec: Spec
+    machine: RolloutMachine = attrs.field(repr=False, eq=False)
+    state: State  # the machine's configuration
+    settings: Mapping[str, Any]
+    created: Mapping[str, Any]  # the 'created' record's data (plan, backend, ...)
+    created_at: float
+    created_by: str
+    seq: int
+    last: Record
+    steps: Mapping[str, StepState]
+    ended_at: float | None = None
+    abort_reason: str | None = None
+    standing: Standing = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "standing", standing_of(self))
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``active``, ``done`` or ``aborted``."""
+        return self.state if isinstance(self.state, str) and self.state in (DONE, ABORTED) else ACTIVE
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    @property
+    def phases(self) -> dict[str, Phase]:
+        """Each step's phase (once the rollout has ended: the last phase each reached)."""
+        return {name: step.phase for name, step in self.steps.items()}
+
+    @property
+    def last_at(self) -> float:
+        return self.last.at
+
+    @property
+    def plan(self) -> str | None:
+        plan = self.created.get("plan")
+        return None if plan is None else str(plan)
+
+    @property
+    def backend(self) -> str | None:
+        backend = self.created.get("backend")
+        return None if backend is None else str(backend)
+
+    def ready(self) -> list[str]:
+        """Pending steps whose needs have all succeeded: what may start now."""
+        if not self.active:
+            return []
+        return [s.name for s in self.spec.steps if self.steps[s.name].phase is Phase.PENDING
+                and all(self.steps[n].phase is Phase.SUCCEEDED for n in s.needs)]
+
+    def can_finish(self) -> bool:
+        return self.active and all(s.phase is Phase.SUCCEEDED for s in self.steps.values())
+
+    def step_of_key(self) -> dict[str, str]:
+        """Every idempotency key this rollout used, and its step."""
+        return {key: name for name, step in self.steps.items() for key in step.keys}
+
+    # -- changing ---------------------------------------------------------------------------
+    def applied(self, records: Iterable[Record]) -> RolloutView:
+        """The view after ``records`` (which must follow this view's last record)."""
+        view = self
+        for record in records:
+            if record.seq != view.seq + 1:
+                raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} does not follow "
+                                     f"record {view.seq}")
+            view = _apply(view, record)
+        return view
+
+    def with_entries(self, entries: Sequence[Entry]) -> tuple[RolloutView, list[Record]]:
+        """The view after ``entries`` were appended, and the records they would become.
+
+        Raises :class:`EventRefused` if the machine refuses one (nothing is changed).
+        """
+        records = [Record(self.rollout_id, self.seq + i + 1, e.action, e.at, e.actor, e.step, dict(e.data))
+                   for i, e in enumerate(entries)]
+        view = self
+        for record in records:
+            view = _apply(view, record, refuse=True)
+        return view, records
+
+
+def summary_of(view: RolloutView) -> dict[str, Any]:
+    """What a store keeps beside the records so listings need not replay (plain JSON)."""
+    return {"rollout": view.rollout_id, "version": view.version, "spec": view.spec.name,
+            "status": view.status, "situation": view.standing.situation, "where": view.standing.where.value,
+            "created_at": view.created_at, "last_at": view.last_at, "records": view.seq}
+
+
+class Machines:
+    """One compiled machine per spec, shared by every rollout that runs with it."""
+
+    def __init__(self) -> None:
+        self._by_text: dict[str, tuple[Spec, RolloutMachine]] = {}
+
+    def for_mapping(self, mapping: Mapping[str, Any]) -> tuple[Spec, RolloutMachine]:
+        text = json.dumps(mapping, sort_keys=True)
+        found = self._by_text.get(text)
+        if found is None:
+            spec = Spec.from_mapping(mapping, source="journal")
+            found = self._by_text[text] = (spec, RolloutMachine(spec))
+        return found
+
+
+MACHINES = Machines()
+
+
+def rebuild(records: Sequence[Record], machines: Machines = MACHINES) -> RolloutView:
+    """Replay ``records`` (one rollout's, in order) into a :class:`RolloutView`."""
+    if not records or records[0].action != Action.CREATED:
+        rid = records[0].rollout_id if records else "?"
+        raise JournalCorrupt(f"rollout {rid}: the journal does not start with 'created'; it cannot "
+                             "be replayed. Restore the journal from a backup")
+    first = records[0]
+    data = first.data
+    try:
+        spec, machine = machines.for_mapping(data["spec"])
+        version = str(data["version"])
+    except (KeyError, TypeError) as error:
+        raise JournalCorrupt(f"rollout {first.rollout_id}: 'created' record is incomplete "
+                             f"({error})") from None
+    initial = _initial_state(machine)
+    view = RolloutView(
+        rollout_id=first.rollout_id, version=version, spec=spec, machine=machine, state=initial,
+        settings=dict(data.get("settings", {})), created=dict(data), created_at=first.at,
+        created_by=first.actor, seq=first.seq, last=first,
+        steps={s.name: StepState(s.name, s.kind) for s in spec.steps},
+    )
+    return view.applied(records[1:])
+
+
+# -- replaying one record ---------------------------------------------------------------------
+
+class _Scratch:
+    """One model per machine to compute next states on: views hold states, not models."""
+
+    def __init__(self, machine: RolloutMachine) -> None:
+        self.lock = threading.Lock()
+        self.model: Rollout = machine.new("~scratch")
+        self.initial: State = _frozen(self.model.state)
+
+
+_SCRATCH: weakref.WeakKeyDictionary[RolloutMachine, _Scratch] = weakref.WeakKeyDictionary()
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _scratch(machine: RolloutMachine) -> _Scratch:
+    found = _SCRATCH.get(machine)
+    if found is None:
+        with _SCRATCH_LOCK:
+            found = _SCRATCH.get(machine)
+            if found is None:
+                found = _SCRATCH[machine] = _Scratch(machine)
+    return found
+
+
+def _initial_state(machine: RolloutMachine) -> State:
+    return _scratch(machine).initial
+
+
+def _frozen(state: str | list[str]) -> State:
+    return tuple(state) if isinstance(state, list) else state
+
+
+def _fire(view: RolloutView, action: Action, step: str | None, data: Mapping[str, Any]) -> State:
+    scratch = _scratch(view.machine)
+    with scratch.lock:
+        model = scratch.model
+        model.state = list(view.state) if isinstance(view.state, tuple) else view.state
+        view.machine.fire(model, action, step, **data)
+        return _frozen(model.state)
+
+
+def _apply(view: RolloutView, record: Record, *, refuse: bool = False) -> RolloutView:
+    try:
+        action = Action(record.action)
+    except ValueError:
+        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} has unknown action "
+                             f"{record.action!r}; it was written by a newer deploystate?") from None
+    changes: dict[str, Any] = {"seq": record.seq, "last": record}
+    if action.is_event:
+        try:
+            state = _fire(view, action, record.step, record.data)
+        except EventRefused:
+            if refuse:
+                raise
+            raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} ({action} "
+                                 f"{record.step or ''}) cannot be replayed: the machine refuses it") from None
+        except TypeError as error:
+            raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} has bad data "
+                                 f"({error})") from None
+        changes["state"] = state
+        if record.step is None:
+            changes["ended_at"] = record.at
+            if action is Action.ABORT:
+                changes["abort_reason"] = str(record.data.get("reason"))
+        else:
+            changes["steps"] = _with_step(view, record, _step_after_event(view, record, action, state))
+    elif action is Action.CREATED:
+        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} is a second 'created'")
+    elif record.step is not None:
+        step = _step(view, record)
+        if action is Action.TRIGGERED:
+            step = attrs.evolve(step, deployment_id=str(record.data.get("deployment_id")),
+                                web_url=record.data.get("web_url"), triggers=step.triggers + 1,
+                                doubt_since=None)
+        else:  # observed
+            step = attrs.evolve(step, last_status=record.data.get("status"),
+                                doubt_since=record.at if record.data.get("trigger_in_doubt")
+                                else step.doubt_since)
+        changes["steps"] = _with_step(view, record, step)
+    return attrs.evolve(view, **changes)
+
+
+def _step(view: RolloutView, record: Record) -> StepState:
+    found = view.steps.get(record.step or "")
+    if found is None:
+        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} names unknown step "
+                             f"{record.step!r}")
+    return found
+
+
+def _with_step(view: RolloutView, record: Record, step: StepState) -> dict[str, StepState]:
+    steps = dict(view.steps)
+    steps[step.name] = step
+    return steps
+
+
+def _phase_in(state: State, name: str) -> Phase:
+    """``name``'s phase in a machine configuration (leaves are ``active.<step>.<phase>``)."""
+    prefix = f"{ACTIVE}.{name}."
+    for leaf in (state,) if isinstance(state, str) else state:
+        if leaf.startswith(prefix):
+            return Phase(leaf[len(prefix):])
+    raise JournalCorrupt(f"step {name!r} has no phase in machine state {state!r}")
+
+
+def _step_after_event(view: RolloutView, record: Record, action: Action, state: State) -> StepState:
+    step = _step(view, record)
+    data = record.data
+    phase = _phase_in(state, step.name)
+    if action is Action.START:
+        key = data.get("key")
+        return attrs.evolve(
+            step, phase=phase, attempt=step.attempt + 1, key=key,
+            keys=(*step.keys, str(key)) if key else step.keys, ref=data.get("ref"),
+            check_mode=data.get("check_mode"), environments=tuple(data.get("environments", ())),
+            deployment_id=None, web_url=None,
+            first_started_at=step.first_started_at if step.first_started_at is not None else record.at,
+            started_at=record.at, timed_from=_number(data.get("from"), record.at), ended_at=None,
+            failed_at=None, finished_at=None, last_status=None, reason=None, doubt_since=None,
+            timed_out=False)
+    if action in (Action.SUCCEED, Action.SKIP):
+        return attrs.evolve(step, phase=phase, ended_at=record.at, reason=data.get("reason"),
+                            closed_by=data.get("by"), closing=action,
+                            finished_at=_number(data.get("finished_at"), None))
+    if action is Action.FAIL:
+        return attrs.evolve(step, phase=phase, failed_at=record.at, reason=data.get("reason"),
+                            timed_out=bool(data.get("timed_out")), closing=action,
+                            finished_at=_number(data.get("finished_at"), None))
+    if action is Action.RESUME:
+        return attrs.evolve(step, phase=phase, failed_at=None, reason=None, timed_out=False, closing=None)
+    return attrs.evolve(step, phase=phase)  # retry: pending again, its history kept
+
+
+def _number(value: object, default: float | None) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
+def listing(store: Store, machines: Machines = MACHINES) -> list[dict[str, Any]]:
+    """Every rollout in ``store`` as its summary, oldest first.
+
+    Summaries kept beside the records are used as they are; a rollout whose summary is missing
+    or stale (written by an older deploystate, or an append without one) is rebuilt.
+    """
+    rows = []
+    for rollout_id, (last_seq, summary) in store.summaries().items():
+        if summary is not None and summary.seq == last_seq:
+            rows.append(dict(summary.data))
+        else:
+            rows.append(summary_of(rebuild(store.read(rollout_id), machines)))
+    return sorted(rows, key=lambda row: (row["created_at"], row["rollout"]))

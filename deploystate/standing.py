@@ -1,0 +1,121 @@
+"""Where a rollout stands as a whole, why it waits, and the commands that move it on.
+
+Computed once per change of a rollout (by :class:`deploystate.rollout.RolloutView`) and read
+by everyone: the runner's stop, the report, the notices and the command line.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+import attrs
+
+from deploystate.machine import Phase
+from deploystate.spec import StepKind
+
+if TYPE_CHECKING:
+    from deploystate.rollout import RolloutView
+
+
+class Where(enum.StrEnum):
+    DONE = "done"
+    ABORTED = "aborted"
+    FAILED = "failed"  # a step failed: a person retries it or aborts
+    WAITING = "waiting_for_promotion"  # only a person's promotion can move it on
+    RUNNING = "running"
+    READY = "ready"  # nothing running, steps may start
+
+
+@attrs.frozen
+class Standing:
+    where: Where
+    failed: tuple[str, ...] = ()
+    running: tuple[str, ...] = ()
+    promotion: tuple[str, ...] = ()  # promotion gates waiting for a person
+    baking: tuple[str, ...] = ()
+    abort_reason: str | None = None
+
+    @property
+    def situation(self) -> str:
+        """A few words, e.g. ``waiting for promotion`` or ``failed: trigger_cny``."""
+        if self.where is Where.DONE:
+            return "done"
+        if self.where is Where.ABORTED:
+            return f"aborted: {self.abort_reason}"
+        if self.where is Where.FAILED:
+            return f"failed: {', '.join(self.failed)}"
+        if self.where is Where.WAITING:
+            return "waiting for promotion"
+        if self.where is Where.RUNNING:
+            return f"running: {', '.join(self.running)}"
+        return "ready to run"
+
+    @property
+    def ended(self) -> bool:
+        return self.where in (Where.DONE, Where.ABORTED)
+
+    def message(self, rollout_id: str) -> str:
+        """One sentence on where ``rollout_id`` stands and what to type next."""
+        if self.where is Where.DONE:
+            return f"rollout {rollout_id} is done"
+        if self.where is Where.ABORTED:
+            return f"rollout {rollout_id} was aborted: {self.abort_reason}"
+        if self.where is Where.WAITING:
+            return (f"rollout {rollout_id} is waiting for promotion: "
+                    f"'deploystate promote {rollout_id} --by YOU'")
+        if self.where is Where.FAILED or not self.running:
+            failed = ", ".join(self.failed) or "nothing can proceed"
+            return (f"rollout {rollout_id} stopped: {failed} failed; "
+                    f"retry with 'deploystate retry {rollout_id} STEP' or 'deploystate abort "
+                    f"{rollout_id} --reason TEXT'")
+        return f"rollout {rollout_id} is {self.situation}"
+
+    def next_commands(self, rollout_id: str, options: str = "") -> list[str]:
+        """The commands that move the rollout on, as a release engineer would type them.
+
+        ``options`` (e.g. ``" --store PATH"``) is added to each command.
+        """
+        if self.ended:
+            return []
+        hints: list[tuple[str, str]] = [(f"deploystate retry {rollout_id} {name}", "then 'run' again")
+                                        for name in self.failed]
+        if self.promotion:
+            hints.append((f"deploystate promote {rollout_id} --by YOU", "--reason TEXT is optional"))
+        if self.baking:
+            hints.append((f"deploystate skip-bake {rollout_id} --by YOU --reason TEXT", "incidents only"))
+        if not self.failed:
+            hints.append((f"deploystate run {rollout_id}", ""))
+        hints.append((f"deploystate abort {rollout_id} --reason TEXT", ""))
+        return [command + options + (f"    # {comment}" if comment else "") for command, comment in hints]
+
+
+def standing_of(view: RolloutView) -> Standing:
+    status = view.status
+    if status == "done":
+        return Standing(Where.DONE)
+    if status == "aborted":
+        return Standing(Where.ABORTED, abort_reason=view.abort_reason)
+    failed: list[str] = []
+    running: list[str] = []
+    promotion: list[str] = []
+    baking: list[str] = []
+    for step in view.spec.steps:
+        phase = view.steps[step.name].phase
+        if phase is Phase.FAILED:
+            failed.append(step.name)
+        elif phase is Phase.RUNNING:
+            running.append(step.name)
+            if step.kind is StepKind.PROMOTION:
+                promotion.append(step.name)
+            elif step.kind is StepKind.BAKE:
+                baking.append(step.name)
+    if failed:
+        where = Where.FAILED
+    elif promotion and len(promotion) == len(running):
+        where = Where.WAITING
+    elif running:
+        where = Where.RUNNING
+    else:
+        where = Where.READY
+    return Standing(where, tuple(failed), tuple(running), tuple(promotion), tuple(baking))

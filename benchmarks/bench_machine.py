@@ -54,6 +54,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
@@ -61,6 +62,7 @@ import attrs
 from transitions import MachineError
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
+from deploystate.actions import Action
 from deploystate.errors import EventRefused
 from deploystate.machine import (
     ABORTED,
@@ -68,7 +70,6 @@ from deploystate.machine import (
     BAKE_SKIP,
     DONE,
     STEP_TRANSITIONS,
-    Action,
     Phase,
     RolloutMachine,
 )
@@ -178,6 +179,14 @@ class BareModel:
     state: Any
 
 
+def _model_in_all(needed: tuple[str, ...], event: Any) -> bool:
+    return all(p in event.model.state for p in needed)
+
+
+def _kwargs_pass(check: Callable[[dict[str, Any]], bool], event: Any) -> bool:
+    return check(event.kwargs)
+
+
 def bare_machine(spec: Spec) -> HierarchicalMachine:
     regions = [
         {"name": s.name, "children": [p.value for p in Phase], "initial": Phase.PENDING.value}
@@ -189,10 +198,10 @@ def bare_machine(spec: Spec) -> HierarchicalMachine:
             conditions: list[Callable[[Any], bool]] = []
             if action is Action.START and step.needs:
                 needed = tuple(f"{ACTIVE}.{n}.{Phase.SUCCEEDED.value}" for n in step.needs)
-                conditions.append(lambda event, needed=needed: all(p in event.model.state for p in needed))
+                conditions.append(partial(_model_in_all, needed))
             check = _data_check(step, action)
             if check is not None:
-                conditions.append(lambda event, check=check: check(event.kwargs))
+                conditions.append(partial(_kwargs_pass, check))
             rows.append({
                 "trigger": f"{action.value}_{step.name}",
                 "source": f"{ACTIVE}.{step.name}.{source.value}",
@@ -261,7 +270,7 @@ def psm_class(spec: Spec) -> type[Any]:
             states[leaf(step.name, source)]["on"][f"{action.value}_{step.name}"] = [row]
         regions[step.name] = {"states": states}
     every = tuple(leaf(s.name, Phase.SUCCEEDED) for s in spec.steps)
-    top = {
+    top: dict[str, Any] = {
         ACTIVE: {"parallel": True, "initial": True, "states": regions, "on": {
             Action.FINISH.value: [{"target": DONE, "cond": lambda machine: all(
                 v in machine.configuration_values for v in every)}],
@@ -296,7 +305,13 @@ def python_statemachine(spec: Spec, events: list[Event]) -> Engine:
 
 
 def sismic_chart(spec: Spec) -> Any:
-    from sismic.model import BasicState, CompoundState, OrthogonalState, Statechart, Transition
+    from sismic.model import (  # type: ignore[import-untyped]
+        BasicState,
+        CompoundState,
+        OrthogonalState,
+        Statechart,
+        Transition,
+    )
 
     chart = Statechart(spec.name)
     chart.add_state(CompoundState("root", initial=ACTIVE), None)
@@ -328,7 +343,7 @@ def sismic_chart(spec: Spec) -> Any:
 
 
 def sismic(spec: Spec, events: list[Event]) -> Engine:
-    from sismic.interpreter import Interpreter
+    from sismic.interpreter import Interpreter  # type: ignore[import-untyped]
 
     calls = as_calls(events)
 
@@ -471,16 +486,16 @@ def run(spec: Spec, rounds: int, machines: int, rollouts: int) -> dict[str, Figu
     for engine in engines:
         check(spec, events, engine)
     count = len(events)
-    cold = interleaved([lambda e=e: time_cold(e, machines, count) for e in engines], rounds)
+    cold = interleaved([partial(time_cold, e, machines, count) for e in engines], rounds)
     seen = []
     for engine in engines:
         machine = engine.build()
         first = engine.start(machine, 0)
         engine.drive(machine, first)  # the sequence has been seen once: paths are known
         seen.append(machine)
-    replay = interleaved([lambda e=e, m=m: time_replay(e, m, rollouts, count)
+    replay = interleaved([partial(time_replay, e, m, rollouts, count)
                           for e, m in zip(engines, seen, strict=True)], rounds)
-    build = interleaved([lambda e=e: time_build(e) for e in engines], rounds)
+    build = interleaved([partial(time_build, e) for e in engines], rounds)
     # Memory last, after all timing: tracemalloc must not be running while anything is timed.
     memory = [memory_per_rollout(e) for e in engines]
     return {e.name: Figures(c, r, b, m)

@@ -323,12 +323,16 @@ class RolloutMachine:
         rollout's events), exactly the conditions we handed it, and no callbacks; the machine has
         none either.  Region indices come from the initial state transitions itself entered.
         """
-        machine = self._machine
         initial = self._initial
         if initial is None:  # no rollout made here yet: nothing to index regions by (not kept)
             return {}
+        # Kept only once complete: another thread never sees half of the moves.
+        moves = self._moves = self._moves_from_table(initial)
+        return moves
+
+    def _moves_from_table(self, initial: tuple[str, ...] | str) -> dict[str, _Move]:
+        machine = self._machine
         moves: dict[str, _Move] = {}
-        self._moves = moves
         hooks = (machine.prepare_event, machine.before_state_change, machine.after_state_change,
                  machine.finalize_event, machine.on_exception, machine.on_final)
         if any(hooks):

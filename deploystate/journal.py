@@ -21,7 +21,6 @@ from typing import Any
 import attrs
 
 from deploystate.errors import DeploystateError
-from deploystate.ports import Summary
 
 JSONValue = Any  # what json.dumps accepts
 
@@ -82,6 +81,18 @@ class Record:
     def as_dict(self) -> dict[str, JSONValue]:
         return {"rollout": self.rollout_id, "seq": self.seq, "at": self.at, "actor": self.actor,
                 "action": self.action, "step": self.step, "data": dict(self.data)}
+
+
+@attrs.frozen
+class Summary:
+    """What a store keeps beside a rollout's records so listings need not replay them.
+
+    ``seq`` is the record it describes; ``data`` is plain JSON made by the core's model
+    (:func:`deploystate.rollout.summary_of`), opaque to the store.
+    """
+
+    seq: int
+    data: Mapping[str, Any]
 
 
 class MemoryStore:

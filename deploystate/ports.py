@@ -16,14 +16,12 @@ import contextlib
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from deploystate.errors import DeploystateError
-
-if TYPE_CHECKING:
-    from deploystate.journal import Entry, Record
+from deploystate.journal import Entry, Record, Summary
 
 
 class Outcome(enum.StrEnum):
@@ -180,18 +178,6 @@ class TriggerLog(Protocol):
 
     def triggers(self) -> Sequence[TriggerLike]:
         ...
-
-
-@attrs.frozen
-class Summary:
-    """What a store keeps beside a rollout's records so listings need not replay them.
-
-    ``seq`` is the record it describes; ``data`` is plain JSON made by the core's model
-    (:func:`deploystate.rollout.summary_of`), opaque to the store.
-    """
-
-    seq: int
-    data: Mapping[str, Any]
 
 
 class Store(Protocol):

@@ -90,7 +90,8 @@ class RolloutView:
     standing: Standing = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "standing", standing_of(self))
+        standing = standing_of(self.status, self.spec, self.steps, self.abort_reason)
+        object.__setattr__(self, "standing", standing)
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -39,12 +39,12 @@ from deploystate.journal import (
     JournalCorrupt,
     JournalError,
     Record,
+    Summary,
     busy,
     conflict,
     summary_text,
     unknown,
 )
-from deploystate.ports import Summary
 
 APPLICATION_ID = 0x64736A6C  # "dsjl"
 SCHEMA_VERSION = 2

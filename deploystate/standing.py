@@ -7,15 +7,13 @@ by everyone: the runner's stop, the report, the notices and the command line.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 import attrs
 
 from deploystate.machine import Phase
-from deploystate.spec import StepKind
-
-if TYPE_CHECKING:
-    from deploystate.rollout import RolloutView
+from deploystate.spec import Spec, StepKind
 
 
 class Where(enum.StrEnum):
@@ -90,18 +88,23 @@ class Standing:
         return [command + options + (f"    # {comment}" if comment else "") for command, comment in hints]
 
 
-def standing_of(view: RolloutView) -> Standing:
-    status = view.status
+class _Phased(Protocol):
+    @property
+    def phase(self) -> Phase: ...
+
+
+def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_reason: str | None) -> Standing:
+    """Where a rollout stands, from its status (active, done, aborted) and its steps' phases."""
     if status == "done":
         return Standing(Where.DONE)
     if status == "aborted":
-        return Standing(Where.ABORTED, abort_reason=view.abort_reason)
+        return Standing(Where.ABORTED, abort_reason=abort_reason)
     failed: list[str] = []
     running: list[str] = []
     promotion: list[str] = []
     baking: list[str] = []
-    for step in view.spec.steps:
-        phase = view.steps[step.name].phase
+    for step in spec.steps:
+        phase = steps[step.name].phase
         if phase is Phase.FAILED:
             failed.append(step.name)
         elif phase is Phase.RUNNING:

@@ -23,9 +23,10 @@ from deploystate.journal import (
     JournalError,
     MemoryStore,
     RolloutBusy,
+    Summary,
     UnknownRollout,
 )
-from deploystate.ports import Store, Summary
+from deploystate.ports import Store
 from deploystate.sqlite_store import SCHEMA_VERSION, SQLiteStore
 
 

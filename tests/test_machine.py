@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from deploystate.actions import Action
+from deploystate.actions import FACTS, ROLLOUT_EVENTS, Action
 from deploystate.errors import EventRefused
 from deploystate.machine import Phase, Rollout, RolloutMachine
 from deploystate.spec import StepKind, builtin_spec, default_spec
@@ -297,7 +297,7 @@ def test_finish_only_when_every_step_succeeded(machine: RolloutMachine, rollout:
 def every_event(machine: RolloutMachine) -> list[tuple[Action, str | None, dict[str, Any]]]:
     good = {"elapsed_s": 10**6, "by": "alice", "reason": "because"}
     events: list[tuple[Action, str | None, dict[str, Any]]] = [
-        (action, step, good) for action in Action if action not in (Action.FINISH, Action.ABORT)
+        (action, step, good) for action in Action if action.is_event and action not in ROLLOUT_EVENTS
         for step in SEED_STEPS
     ]
     return [*events, (Action.FINISH, None, {}), (Action.ABORT, None, good)]
@@ -429,7 +429,14 @@ def test_an_unknown_action_is_refused_with_the_list_of_actions(machine: RolloutM
                                                                rollout: Rollout) -> None:
     error = refused(machine, rollout, "deploy", "trigger_gstg")
     assert error.event == "deploy trigger_gstg"
-    assert error.why == "unknown action 'deploy'; actions: " + ", ".join(a.value for a in Action)
+    events = ", ".join(a.value for a in Action if a.is_event)
+    assert error.why == f"unknown action 'deploy'; actions: {events}"
+
+
+@pytest.mark.parametrize("fact", sorted(FACTS))
+def test_a_fact_is_no_event_of_the_machine(machine: RolloutMachine, rollout: Rollout, fact: Action) -> None:
+    error = refused(machine, rollout, fact, "trigger_gstg")
+    assert error.why == f"{fact.value} is a fact about a rollout, not an event of its machine"
 
 
 def test_rollout_events_take_no_step_and_step_events_need_one(machine: RolloutMachine,

@@ -17,9 +17,10 @@ from deploystate.journal import (
     JournalConflict,
     JournalError,
     MemoryStore,
+    Summary,
     UnknownRollout,
 )
-from deploystate.ports import Store, Summary
+from deploystate.ports import Store
 from deploystate.sqlite_store import SQLiteStore
 
 RID = "13.10.202103011220"

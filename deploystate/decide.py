@@ -270,6 +270,12 @@ class _Decider:
                 self.entries.append(self._entry(Action.OBSERVED, step.name, {
                     "status": status, "severity": "warning",
                     "message": f"unknown status {status!r}; treated as still running"}))
+            elif outcome is Outcome.BLOCKED and status != state.last_status:
+                where = f"pipeline {extra['deployment_id']}" if "deployment_id" in extra else "its build"
+                self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                    "status": status, "severity": "warning",
+                    "message": f"blocked on a {status} job in {where}; a person must play it. Still "
+                               f"waiting, within the limit of {int(limit // 60)} min"}))
             self.wake.append(self._next_poll(step, state, limit))
 
     def _next_poll(self, step: Step, state: StepState, limit: float) -> float:
@@ -355,7 +361,8 @@ class _Decider:
                                else (Outcome.MISSING, "missing"))
             # A step failed by our time-out is still running out there: that is no sign of a
             # retry, and resuming it would time it out again at once, forever.  Only success counts.
-            if outcome is Outcome.SUCCEEDED or (outcome is Outcome.WAITING and not state.timed_out):
+            alive = outcome in (Outcome.WAITING, Outcome.BLOCKED)
+            if outcome is Outcome.SUCCEEDED or (alive and not state.timed_out):
                 self.entries.append(self._entry(Action.RESUME, step.name, {"status": status}))
                 return
         assert state.failed_at is not None

@@ -36,7 +36,8 @@ from deploystate.ports import (
 DeploymentHandler = Callable[[TriggerRequest, int], Outcome]
 PackageHandler = Callable[[str, str, int], Outcome]
 
-_STATUS = {Outcome.WAITING: "running", Outcome.SUCCEEDED: "success", Outcome.FAILED: "failed",
+_STATUS = {Outcome.WAITING: "running", Outcome.BLOCKED: "manual", Outcome.SUCCEEDED: "success",
+           Outcome.FAILED: "failed",
            Outcome.MISSING: "missing", Outcome.UNKNOWN: "unknown"}
 
 

@@ -28,6 +28,7 @@ class Outcome(enum.StrEnum):
     """What a status from outside means to a rollout."""
 
     WAITING = "waiting"  # not finished yet (created, pending, running, ...)
+    BLOCKED = "blocked"  # not finished, and waiting on a person or a time (a manual or scheduled job)
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # failed, canceled, skipped
     MISSING = "missing"  # does not exist (yet)

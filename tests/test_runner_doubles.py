@@ -191,3 +191,11 @@ def test_the_public_api_names_what_it_exports() -> None:
         assert getattr(deploystate, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         deploystate.nothing_here  # noqa: B018
+
+
+def test_a_deployment_blocked_on_a_manual_job_is_announced_once_and_waited_for() -> None:
+    fake = FakeDeployer(lambda request, reads: Outcome.SUCCEEDED if reads > 4 else Outcome.BLOCKED)
+    runner, notices = runner_with(fake, auto_promote="rm")
+    assert runner.run(VERSION).stop is Stop.DONE
+    blocked = [m for m in notices.messages if m.startswith("trigger_gstg: blocked on a manual job in pipeline")]
+    assert len(blocked) == 1, notices.messages

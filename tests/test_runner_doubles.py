@@ -197,5 +197,6 @@ def test_a_deployment_blocked_on_a_manual_job_is_announced_once_and_waited_for()
     fake = FakeDeployer(lambda request, reads: Outcome.SUCCEEDED if reads > 4 else Outcome.BLOCKED)
     runner, notices = runner_with(fake, auto_promote="rm")
     assert runner.run(VERSION).stop is Stop.DONE
-    blocked = [m for m in notices.messages if m.startswith("trigger_gstg: blocked on a manual job in pipeline")]
+    blocked = [m for m in notices.messages
+               if m.startswith("trigger_gstg: blocked on a manual job in pipeline")]
     assert len(blocked) == 1, notices.messages

@@ -5,6 +5,7 @@ rollout) or a fact around the events (it changes nothing the machine knows):
 
 - ``created``: the version, the spec the rollout runs with, and the settings chosen.  Record 1.
 - ``triggered``: the deployer accepted the trigger of a step's current attempt.
+- ``canceled``: a person's command (retry, abort) had the deployer cancel a step's deployment.
 - ``observed``: something seen outside that is worth keeping (an unknown status, a trigger in
   doubt, a backend error that will be retried).
 """
@@ -27,6 +28,7 @@ class Action(enum.StrEnum):
     # facts
     CREATED = "created"
     TRIGGERED = "triggered"
+    CANCELED = "canceled"
     OBSERVED = "observed"
 
     @property

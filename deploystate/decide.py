@@ -8,10 +8,11 @@ backend: the same inputs give the same decision.
 
 Exactly-once triggering rests on three rules kept here:
 
-1. a deployment's ``start`` (its intent, with a fresh idempotency key) is recorded before any
-   call that could trigger it;
-2. a key is triggered without a look-up only if this runner wrote its intent itself and has not
-   tried it yet (``Outside.fresh``); every other key is looked up first;
+1. a deployment's ``start`` (its intent, with its idempotency key) is recorded before any call
+   that could trigger it;
+2. every key is looked up before it is triggered, even one this runner has just written: a
+   journal that was lost and started again writes the same keys, and only the deployer knows
+   whether they ran (a fresh journal cannot);
 3. after a trigger failed in doubt (time-out, 5xx, dropped connection), the look-up waits
    ``trigger_doubt_s`` so that a late pipeline is found, not doubled.
 """
@@ -71,7 +72,6 @@ class Outside:
 
     now: float
     seen: Mapping[str, Seen] = attrs.field(factory=dict)  # by step, this pass's answers
-    fresh: frozenset[str] = frozenset()  # keys whose intent this runner wrote and has not tried
     hinted: bool = False  # the backend says when its next change happens: no polling
 
 
@@ -330,9 +330,6 @@ class _Decider:
             self._trouble(step, state, seen)  # the look-up itself failed: look again later
             return
         if not self.view.active:
-            return
-        if state.key in self.outside.fresh:
-            self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
             return
         doubt_ends = (state.doubt_since or 0.0) + self.config.trigger_doubt_s
         if state.doubt_since is not None and self.now < doubt_ends:

@@ -170,8 +170,11 @@ class RecordingNotifier:
 
 
 def fake_backends(deployer: FakeDeployer | None = None, packages: FakePackages | None = None,
-                  clock: ManualClock | None = None, **options: Any) -> Backends:
-    """Backends made of the doubles above (each made with its defaults unless given)."""
+                  clock: Clock | None = None, **options: Any) -> Backends:
+    """Backends made of the doubles above (each made with its defaults unless given).
+
+    ``clock`` may be any clock, a real one included (``deploystate.clock.SystemClock``).
+    """
     clock = clock or ManualClock()
     deployer = deployer or FakeDeployer()
     if deployer.clock is None:

@@ -69,6 +69,10 @@ def notice_for(record: Record, runbook: str | None = None) -> Notice:
         message = f"{step}: running again (the downstream pipeline was retried)"
     elif action == Action.RETRY:
         message = f"{step}: retry requested by {record.actor}"
+    elif action == Action.CANCELED:
+        severity = "warning"
+        message = (f"{step}: deployer pipeline {data.get('deployment_id')} canceled by {data.get('by')} "
+                   f"({data.get('status')})")
     elif action == Action.OBSERVED:
         severity = str(data.get("severity", "warning"))
         message = f"{step}: {data.get('message') or data.get('status')}"

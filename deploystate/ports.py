@@ -131,6 +131,15 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
+class Wakeable(Protocol):
+    """Optional, on a clock: ``wake()`` ends a ``sleep`` early (a real clock; a webhook or a
+    person's write to the journal should not wait for the next poll)."""
+
+    def wake(self) -> None:
+        ...
+
+
 @attrs.frozen
 class Notice:
     """One thing worth telling people: every journal record becomes one."""
@@ -254,6 +263,8 @@ class Backends:
       version must look like for this backend (e.g. an auto-deploy tag);
     - ``prepare(version)`` is called once when a rollout is created (a simulated world moves its
       clock to when the version was tagged);
+    - ``identity`` names what its deployments really reach (a deployer project, a simulated
+      world): a rollout records it when created, and no other backend may drive that rollout;
     - ``runbook`` is a link given in failure notices;
     - ``closer`` releases what the backend holds open; call :meth:`close` (or use ``with``).
     """
@@ -266,6 +277,12 @@ class Backends:
     prepare: Callable[[str], None] = attrs.field(default=lambda version: None)
     runbook: str | None = None
     closer: Callable[[], None] = _nothing_to_close
+    identity: str = ""
+
+    @property
+    def belongs_to(self) -> str:
+        """What a rollout driven by these backends belongs to (``identity``, else ``description``)."""
+        return self.identity or self.description
 
     def close(self) -> None:
         self.closer()

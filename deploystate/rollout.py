@@ -284,6 +284,8 @@ def _apply(view: RolloutView, record: Record, *, refuse: bool = False) -> Rollou
             step = attrs.evolve(step, deployment_id=str(record.data.get("deployment_id")),
                                 web_url=record.data.get("web_url"), triggers=step.triggers + 1,
                                 doubt_since=None)
+        elif action is Action.CANCELED:
+            step = attrs.evolve(step, last_status=record.data.get("status"))
         else:  # observed
             step = attrs.evolve(step, last_status=record.data.get("status"),
                                 doubt_since=record.at if record.data.get("trigger_in_doubt")

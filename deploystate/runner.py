@@ -3,7 +3,7 @@
 What to do is decided by :func:`deploystate.decide.decide`, a pure function; the runner only
 appends the records a decision names (with the rollout's summary, in one transaction), makes its
 calls, and hands the answers to the next decision.  Order is what makes triggering exactly-once:
-the intent (``start`` with a fresh idempotency key) is durable before the deployer is called,
+the intent (``start`` with its idempotency key) is durable before the deployer is called,
 and ``triggered`` is appended after it answered.
 
 Only one runner per rollout may run at a time (``Store.hold``).  Operator commands (promote,
@@ -13,6 +13,7 @@ since they call nothing outside; a runner that meets such a write decides again 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,13 +27,15 @@ from deploystate.errors import DeploystateError, EventRefused
 from deploystate.journal import Entry, JournalConflict, Record
 from deploystate.machine import Phase
 from deploystate.notices import LOG, LogNotifier, notice_for
-from deploystate.ports import BackendError, Backends, Hints, Notifier, Store
+from deploystate.ports import BackendError, Backends, Deployment, Hints, Notifier, Outcome, Store, Wakeable
 from deploystate.rollout import Machines, RolloutView, rebuild, summary_of
 from deploystate.spec import Spec, spec_to_mapping
 
 __all__ = ["CHECKPOINTS", "RunResult", "Runner", "RunnerConfig", "Stop"]
 
 OPERATOR_ATTEMPTS = 5
+JOURNAL_WATCH_S = 0.5  # how often a sleeping runner asks the journal whether someone wrote
+_STILL_RUNNING = frozenset({Outcome.WAITING, Outcome.BLOCKED, Outcome.UNKNOWN})
 CHECKPOINTS = (
     "before-record",  # a decision is made, its records are not appended yet
     "recorded",  # after any append to the journal
@@ -59,15 +62,12 @@ class Runner:
         self.config = config or RunnerConfig()
         self.notifier = notifier or LogNotifier()
         # None: share the process-wide cache of compiled machines (compiling one costs ms, and a
-        # fresh machine has learnt no transition yet).
+        # newly compiled machine has learnt no transition yet).
         self.machines = machines
         # Called at the points where a crash matters most (see CHECKPOINTS); crash tests kill the
         # process there.  Does nothing by default.
         self.checkpoint = checkpoint or (lambda name: None)
         self.api_calls = 0
-        # Keys whose intent this runner wrote itself and has not tried yet: nobody can have
-        # triggered them, so no look-up is needed (a look-up can cost many API calls).
-        self._fresh: set[str] = set()
 
     @property
     def clock(self) -> Any:
@@ -77,6 +77,20 @@ class Runner:
     def view(self, rollout_id: str) -> RolloutView:
         records = self.store.read(rollout_id)
         return rebuild(records) if self.machines is None else rebuild(records, self.machines)
+
+    def _ours(self, view: RolloutView) -> RolloutView:
+        """``view``, if these backends may drive it: a rollout belongs to the backend it was made with.
+
+        A simulation driving a real rollout would record it done; a real backend driving a
+        simulated one would deploy what nobody asked for.
+        """
+        recorded = view.created.get("belongs_to")
+        if recorded is not None and recorded != self.backends.belongs_to:
+            raise DeploystateError(
+                f"rollout {view.rollout_id} belongs to {recorded!r}, but this command uses "
+                f"{self.backends.belongs_to!r}; nothing was written. Run it with the backend and "
+                "settings it was created with, or start a new journal for this backend")
+        return view
 
     def _caught_up(self, view: RolloutView) -> RolloutView:
         """``view`` with what others appended since (operator commands), without replaying it all."""
@@ -92,6 +106,7 @@ class Runner:
         entry = Entry(Action.CREATED.value, self.clock.now(), self.config.actor, None, {
             "version": version, "spec": spec_to_mapping(spec), "settings": strategy.as_dict(),
             "plan": strategy.describe(), "backend": self.backends.description,
+            "belongs_to": self.backends.belongs_to,
         })
         records = [Record(version, 1, entry.action, entry.at, entry.actor, None, dict(entry.data))]
         view = rebuild(records) if self.machines is None else rebuild(records, self.machines)
@@ -104,16 +119,83 @@ class Runner:
     def skip_bake(self, rollout_id: str, by: str, reason: str) -> RolloutView:
         return self._operate(rollout_id, lambda view, now: operator.skip_bake(view, by, reason, now))
 
-    def retry(self, rollout_id: str, target: str, by: str) -> RolloutView:
-        """Ask for a new attempt of a failed step (named by step or environment)."""
-        return self._operate(rollout_id, lambda view, now: operator.retry(view, target, by, now))
+    def retry(self, rollout_id: str, target: str, by: str, *, cancel_running: bool = False) -> RolloutView:
+        """Ask for a new attempt of a failed step (named by step or environment).
 
-    def abort(self, rollout_id: str, by: str, reason: str) -> RolloutView:
-        return self._operate(rollout_id, lambda view, now: operator.abort(view, by, reason, now))
+        A step failed by our time-out may still be running in the deployer: a new attempt beside
+        it would deploy twice at once, so that is refused unless ``cancel_running``, which has the
+        deployer cancel it first (and records that).
+        """
+        view = self._ours(self.view(rollout_id))
+        step = operator.resolve_target(view.spec, target)
+        state = view.steps[step.name]
+        canceled: list[dict[str, Any]] = []
+        if view.active and state.phase is Phase.FAILED and state.deployment_id is not None:
+            current = self._outside(lambda: self.backends.deployer.status(state.deployment_id or ""),
+                                    f"cannot tell whether {step.name}'s pipeline {state.deployment_id} "
+                                    "still runs")
+            if current.outcome in _STILL_RUNNING:
+                if not cancel_running:
+                    raise DeploystateError(
+                        f"{step.name}'s last pipeline {current.id} is still {current.status}; a new attempt "
+                        "now would deploy beside it. Wait for it to end, or cancel it first with "
+                        f"'deploystate retry {rollout_id} {target} --cancel-running'; nothing was done")
+                after = self._outside(lambda: self.backends.deployer.cancel(current.id),
+                                      f"could not cancel {step.name}'s pipeline {current.id}; nothing was "
+                                      "retried")
+                canceled.append({"deployment_id": current.id, "status": after.status, "by": by,
+                                 "reason": "retry"})
+
+        def choose(view: RolloutView, now: float) -> list[Entry]:
+            facts = [Entry(Action.CANCELED.value, now, by, step.name, data) for data in canceled]
+            try:
+                return [*facts, *operator.retry(view, target, by, now)]
+            except DeploystateError:
+                if facts:  # the cancel happened out there: keep it, whatever became of the retry
+                    self._operate(rollout_id, lambda view, now: facts)
+                raise
+        return self._operate(rollout_id, choose)
+
+    def abort(self, rollout_id: str, by: str, reason: str, *, leave_running: bool = False) -> RolloutView:
+        """Abort the rollout, then have the deployer cancel its deployments that still run.
+
+        Each cancel is recorded; one that fails is announced as an error (cancel it by hand).
+        ``leave_running`` leaves them alone.
+        """
+        aborted = self._operate(rollout_id, lambda view, now: operator.abort(view, by, reason, now))
+        if leave_running:
+            return aborted
+        facts: list[tuple[str, str, dict[str, Any]]] = []
+        for step in aborted.spec.steps:
+            state = aborted.steps[step.name]
+            running = state.phase is Phase.RUNNING or (state.phase is Phase.FAILED and state.timed_out)
+            if not step.targets or state.deployment_id is None or not running:
+                continue
+            try:
+                done = self.backends.deployer.cancel(state.deployment_id)
+            except BackendError as error:
+                facts.append((Action.OBSERVED.value, step.name, {
+                    "status": f"error: {error}", "severity": "error", "deployment_id": state.deployment_id,
+                    "message": f"could not cancel pipeline {state.deployment_id} ({error}); it may still be "
+                               "deploying: cancel it in the deployer"}))
+                continue
+            facts.append((Action.CANCELED.value, step.name,
+                          {"deployment_id": done.id, "status": done.status, "by": by, "reason": "abort"}))
+        if not facts:
+            return aborted
+        return self._operate(rollout_id, lambda view, now: [Entry(action, now, by, name, data)
+                                                             for action, name, data in facts])
+
+    def _outside(self, call: Callable[[], Deployment], trouble: str) -> Deployment:
+        """A call an operator command makes outside; its failure refuses the command."""
+        try:
+            return call()
+        except BackendError as error:
+            raise DeploystateError(f"{trouble} ({error}); try again") from None
 
     def _operate(self, rollout_id: str,
                  choose: Callable[[RolloutView, float], Sequence[Entry]]) -> RolloutView:
-        view = self.view(rollout_id)
+        view = self._ours(self.view(rollout_id))
         for _ in range(OPERATOR_ATTEMPTS):
             try:
                 return self._append(view, choose(view, self.clock.now()))
@@ -135,7 +217,7 @@ class Runner:
                     return RunResult(view, Stop.PAUSED, "stopped after the allowed number of wake-ups")
                 wakeups += 1
                 self.checkpoint("before-sleep")
-                self._sleep_until(decision.wake_at)
+                self._sleep_until(decision.wake_at, view)
 
     def run_step(self, rollout_id: str, step: str, *, max_wakeups: int | None = None) -> RunResult:
         """Advance one named step (starting it if it is ready) until it ends or needs a person.
@@ -156,7 +238,7 @@ class Runner:
                     return RunResult(view, Stop.PAUSED, "stopped after the allowed number of wake-ups")
                 wakeups += 1
                 self.checkpoint("before-sleep")
-                self._sleep_until(decision.wake_at)
+                self._sleep_until(decision.wake_at, view)
 
     def advance(self, rollout_id: str, view: RolloutView | None = None, *,
                 step: str | None = None) -> tuple[RolloutView, Decision]:
@@ -166,12 +248,11 @@ class Runner:
         ``view``, the rollout as this runner last returned it, is brought up to date with what
         others appended since instead of being replayed from the start.
         """
-        view = self.view(rollout_id) if view is None else self._caught_up(view)
+        view = self._ours(self.view(rollout_id)) if view is None else self._caught_up(view)
         seen: dict[str, Seen] = {}
         hinted = isinstance(self.backends.deployer, Hints)
         for _ in range(len(view.spec.steps) * 8 + 8):
-            outside = Outside(now=self.clock.now(), seen=dict(seen), fresh=frozenset(self._fresh),
-                              hinted=hinted)
+            outside = Outside(now=self.clock.now(), seen=dict(seen), hinted=hinted)
             decision = (decide(view, outside, self.config) if step is None
                         else decide_step(view, step, outside, self.config))
             if decision.entries:
@@ -185,8 +266,6 @@ class Runner:
                 for entry in decision.entries:
                     if entry.step is not None:
                         seen.pop(entry.step, None)
-                    if entry.action == Action.START and entry.data.get("key"):
-                        self._fresh.add(str(entry.data["key"]))
             for call in decision.calls:
                 if call.ask is Ask.TRIGGER and self.store.last_seq(rollout_id) != view.seq:
                     break  # someone wrote since this was decided (an abort?): decide again first
@@ -211,20 +290,45 @@ class Runner:
                 return at if wake_at is None else min(at, wake_at)
         return wake_at
 
-    def _sleep_until(self, wake_at: float | None) -> None:
-        now = self.clock.now()
-        self.clock.sleep(max(0.0, wake_at - now) if wake_at is not None
-                         else self.config.wait_policy.max_interval_s)
+    def _sleep_until(self, wake_at: float | None, view: RolloutView) -> None:
+        """Sleep until ``wake_at``, or until someone writes to the rollout (promote, skip-bake...).
+
+        A clock that can be woken (a real one) is woken when the journal says the rollout changed,
+        which it is asked every ``JOURNAL_WATCH_S`` during the sleep: a cheap read of one number.
+        """
+        clock = self.backends.clock
+        now = clock.now()
+        seconds = max(0.0, wake_at - now) if wake_at is not None else self.config.wait_policy.max_interval_s
+        if not isinstance(clock, Wakeable) or seconds <= JOURNAL_WATCH_S:
+            clock.sleep(seconds)
+            return
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(JOURNAL_WATCH_S):
+                try:
+                    changed = self.store.last_seq(view.rollout_id) != view.seq
+                except Exception:  # the sleeper reads the journal itself when it wakes
+                    changed = True
+                if changed:
+                    clock.wake()
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"journal-watch {view.rollout_id}", daemon=True)
+        watcher.start()
+        try:
+            clock.sleep(seconds)
+        finally:
+            done.set()
+            watcher.join()
 
     # -- acting -----------------------------------------------------------------------------
     def _call(self, call: Call, *, looked_up: bool = False) -> Seen:
         """Make one call.  A look-up and the trigger after it are one step of triggering: the
         trigger checkpoints surround both (before the look-up, after the deployment is known)."""
         backends = self.backends
-        if call.request is not None:
-            if not looked_up:
-                self.checkpoint("before-trigger")
-            self._fresh.discard(call.request.key)
+        if call.request is not None and not looked_up:
+            self.checkpoint("before-trigger")
         self.checkpoint("before-call")
         self.api_calls += 1
         try:

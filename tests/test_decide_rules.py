@@ -100,7 +100,6 @@ class DecisionRules(RuleBasedStateMachine):
         self.view: RolloutView = rebuild(self.records)
         self.world = World()
         # What the runner holds in memory, lost in a crash:
-        self.fresh: set[str] = set()
         self.seen: dict[str, Seen] = {}
         self.queued: list[Call] = []
         self.trigger_calls: list[tuple[str, bool]] = []  # (key, was it durable when called)
@@ -112,31 +111,26 @@ class DecisionRules(RuleBasedStateMachine):
 
     @rule()
     def decide_and_record(self) -> None:
-        decision = decide(self.view, Outside(self.now, dict(self.seen), frozenset(self.fresh)), CONFIG)
+        decision = decide(self.view, Outside(self.now, dict(self.seen)), CONFIG)
         if decision.entries:
             self._record(decision.entries)
             for entry in decision.entries:
                 if entry.step is not None:
                     self.seen.pop(entry.step, None)
-                if entry.action == Action.START and entry.data.get("key"):
-                    self.fresh.add(str(entry.data["key"]))
         self.queued = list(decision.calls)
 
     @precondition(lambda self: bool(self.queued))
     @rule(how=ANSWERS, which=st.integers(0, 20))
     def make_a_call(self, how: str, which: int) -> None:
         call = self.queued.pop(which % len(self.queued))
-        if call.request is not None:
-            self.fresh.discard(call.request.key)
-            if call.ask is Ask.TRIGGER:
-                durable = any(r.action == Action.START and r.data.get("key") == call.request.key
-                              for r in self.records)
-                self.trigger_calls.append((call.request.key, durable))
+        if call.request is not None and call.ask is Ask.TRIGGER:
+            durable = any(r.action == Action.START and r.data.get("key") == call.request.key
+                          for r in self.records)
+            self.trigger_calls.append((call.request.key, durable))
         self.seen[call.step] = self.world.answer(call, how, self.now)
 
     @rule()
     def crash(self) -> None:
-        self.fresh.clear()
         self.seen.clear()
         self.queued.clear()
 
@@ -249,18 +243,16 @@ def _lost_answer_then_crash(machine: DecisionRules) -> None:
     """A trigger happens, its answer is lost, the runner crashes, and a new one decides again."""
     machine.a_build_ends("wait_cng", Outcome.SUCCEEDED)
     machine.a_build_ends("wait_omnibus", Outcome.SUCCEEDED)
-    for _ in range(10):
-        machine.decide_and_record()
-        if machine.view.steps["trigger_gstg"].attempt:
+    for _ in range(20):
+        if machine.world.pipelines:
             break
-        while machine.queued:
-            machine.make_a_call("ok", 0)
-    machine.decide_and_record()  # asks to trigger the fresh intents
-    while machine.queued:
-        machine.make_a_call("lost", 0)
+        machine.decide_and_record()
+        while machine.queued:  # look-ups answer; the first trigger's answer is lost
+            machine.make_a_call("lost" if machine.queued[0].ask is Ask.TRIGGER else "ok", 0)
+    assert machine.world.pipelines and machine.view.steps["trigger_gstg"].deployment_id is None
     machine.crash()
     machine.time_passes(61)
-    for _ in range(3):
+    for _ in range(4):
         machine.decide_and_record()
         while machine.queued:
             machine.make_a_call("ok", 0)

@@ -36,6 +36,8 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
         parsed.clock_speed, parsed.clock_anchor)
     rehearsal = f" (rehearsal clock x{parsed.clock_speed:g})" if isinstance(clock, RehearsalClock) else ""
     description = f"gitlab {parsed.url} deployer {parsed.deployer_project}{rehearsal}"
+    # What its deployments reach, whatever the way of watching them (hooks or polls).
+    identity = f"gitlab {parsed.url} deployer project {parsed.deployer_project}"
     secret = parsed.webhook_secret(env)
     if parsed.webhook_listen is not None and secret is not None:
         # Listening starts with the first read, so commands that only look (status) bind no port.
@@ -50,7 +52,7 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
 
         return Backends(deployer=hooks.deployer, packages=hooks.packages, clock=clock,
                         description=f"{description}; Pipeline Hooks on {parsed.webhook_listen}",
-                        check_version=check_version, runbook=RUNBOOK, closer=close_all)
+                        check_version=check_version, runbook=RUNBOOK, closer=close_all, identity=identity)
     # Versions are auto-deploy tags; creating a rollout needs nothing prepared on GitLab's side.
     return Backends(deployer=deployer, packages=packages, clock=clock, description=description,
-                    check_version=check_version, runbook=RUNBOOK, closer=gl.session.close)
+                    check_version=check_version, runbook=RUNBOOK, closer=gl.session.close, identity=identity)

@@ -72,6 +72,8 @@ def backends_for(world: World) -> Backends:
                      f"{where}); nothing is ever deployed"),
         check_version=check_version,
         prepare=prepare,
+        # The world's file name, not its folder: a journal copied with its world stays drivable.
+        identity=f"simulated world {world.path.name if world.path is not None else 'in memory'}",
         runbook=RUNBOOK,
         closer=world.close,
     )

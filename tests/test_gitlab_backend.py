@@ -193,7 +193,7 @@ def test_find_ignores_pipelines_that_were_not_triggered(built):
     ("success", Outcome.SUCCEEDED),
     ("failed", Outcome.FAILED),
     ("canceled", Outcome.FAILED),
-    ("waiting_for_callback", Outcome.UNKNOWN),
+    ("waiting_for_callback", Outcome.WAITING),
     ("deploying_on_mars", Outcome.UNKNOWN),
 ])
 def test_status_is_the_downstream_pipelines_own_and_unknown_statuses_are_unknown(built, ends_as, outcome):

@@ -210,7 +210,7 @@ def test_a_failed_deployment_retried_in_gitlab_moves_the_rollout_forward(gitlab_
 
 def test_an_unknown_status_is_announced_once_and_waited_on_until_the_limit(gitlab_standin):
     world = gitlab_standin.world
-    world.script(DEPLOYER.path, "gstg", outcome=Script.stuck("waiting_for_callback"))
+    world.script(DEPLOYER.path, "gstg", outcome=Script.stuck("deploying_on_mars"))
     seed_package_builds(world, VERSION)
     notices = Notices()
     runner = runner_for(gitlab_standin, notifier=notices, deployment_wait_limit_s=3 * 3600,
@@ -222,7 +222,7 @@ def test_an_unknown_status_is_announced_once_and_waited_on_until_the_limit(gitla
     assert result.stop is Stop.FAILED
     records = runner.store.read(VERSION)
     [unknown] = records_of(records, Action.OBSERVED, "trigger_gstg")
-    assert "unknown status 'waiting_for_callback'" in str(unknown.data["message"])
+    assert "unknown status 'deploying_on_mars'" in str(unknown.data["message"])
     [failed] = records_of(records, Action.FAIL.value, "trigger_gstg")
     assert failed.data.get("timed_out") is True and failed.at - unknown.at >= 3600  # waited, not crashed
     assert any(n.severity == "error" and "timed out" in n.message for n in notices.seen)

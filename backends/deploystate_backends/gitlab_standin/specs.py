@@ -95,9 +95,18 @@ class Script:
         return cls((status,))
 
 
+WHEN = ("on_success", "manual", "delayed")
+
+
 def _check_when(_: object, __: attrs.Attribute[str], value: str) -> None:
-    if value not in ("on_success", "manual"):
-        raise ValueError(f"job 'when' must be 'on_success' or 'manual', got {value!r}")
+    if value not in WHEN:
+        raise ValueError(f"job 'when' must be one of {', '.join(WHEN)}, got {value!r}")
+
+
+def _environments(value: Iterable[str] | str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset((value,) if isinstance(value, str) else value)
 
 
 @attrs.frozen
@@ -107,6 +116,12 @@ class JobSpec:
     ``scripted`` marks the job whose end the world's scripts decide (the deployment); a
     ``trigger`` makes the job a bridge that starts a pipeline in that project (path) and mirrors
     its status.
+
+    ``when="manual"`` waits for a person to play it (status ``manual``; with ``allow_failure=False``
+    it blocks its stage and the pipeline shows ``manual``); ``when="delayed"`` waits
+    ``start_in_s`` seconds as ``scheduled`` (GitLab's ``when: delayed``), or until played.
+    ``environments`` limits the job to pipelines whose DEPLOY_ENVIRONMENT is one of them (GitLab's
+    ``rules: - if: $DEPLOY_ENVIRONMENT == ...``); None: every pipeline has it.
     """
 
     name: str
@@ -115,6 +130,15 @@ class JobSpec:
     allow_failure: bool = False
     scripted: bool = False
     trigger: str | None = None
+    start_in_s: float = attrs.field(default=0.0, validator=_non_negative)
+    environments: frozenset[str] | None = attrs.field(default=None, converter=_environments)
+
+    def __attrs_post_init__(self) -> None:
+        if self.start_in_s and self.when != "delayed":
+            raise ValueError(f"job {self.name!r}: start_in_s is for when='delayed' jobs only")
+
+    def in_pipeline_for(self, environment: str) -> bool:
+        return self.environments is None or environment in self.environments
 
 
 def _job_tuple(value: Iterable[JobSpec]) -> tuple[JobSpec, ...]:

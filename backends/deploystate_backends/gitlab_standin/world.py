@@ -81,6 +81,7 @@ class Job:
     downstream_id: int | None = None
     next_at: float | None = None
     version: int = 0
+    start_in_s: float = 0.0  # a delayed job waits this long as "scheduled"
 
     @property
     def is_bridge(self) -> bool:
@@ -422,13 +423,16 @@ class World:
             upstream_bridge_id=upstream_bridge_id, updated_at=at,
         )
         stages = spec.stages()
+        environment = values.get(ENVIRONMENT_VARIABLE, "")
         for job_spec in spec.jobs:
+            if not job_spec.in_pipeline_for(environment):
+                continue  # its rules leave it out of this pipeline
             job = Job(
                 id=next(self._job_ids), pipeline_id=pipeline.id, project_id=spec.id,
                 name=job_spec.name, stage=job_spec.stage, stage_index=stages.index(job_spec.stage),
                 when=job_spec.when, allow_failure=job_spec.allow_failure,
                 scripted=job_spec.name == spec.scripted_job(), trigger=job_spec.trigger,
-                attempt=0, created_at=at, updated_at=at,
+                attempt=0, created_at=at, updated_at=at, start_in_s=job_spec.start_in_s,
             )
             pipeline.jobs.append(job)
             self._jobs[job.id] = job
@@ -464,6 +468,11 @@ class World:
         with self.lock:
             return self._pipelines.get(pipeline_id)
 
+    def peek_job(self, job_id: int) -> Job | None:
+        """Like ``job()`` but without settling (for observers, called while the world settles)."""
+        with self.lock:
+            return self._jobs.get(job_id)
+
     # --- what people (and clients) do ----------------------------------------------------------
 
     def retry_job(self, job: Job) -> Job | None:
@@ -494,10 +503,11 @@ class World:
             return self._cancel(job, self.clock.now(), process=True)
 
     def play_job(self, job: Job) -> bool:
-        """Start a manual job; False if the job is not waiting for a human."""
+        """Start a manual job, or a delayed one before its time; False if the job is not waiting
+        for a human."""
         with self.lock:
             self.settle()
-            if job.retried or job.status != "manual":
+            if job.retried or job.status not in ("manual", "scheduled"):
                 return False
             now = self.clock.now()
             self._set_status(job, "pending", now)
@@ -537,12 +547,19 @@ class World:
                 self._set_status(job, result, at)
         elif job.status == "canceling":
             self._set_status(job, "canceled", at)
+        elif job.status == "scheduled":  # a delayed job's time has come
+            self._set_status(job, "pending", at)
+            job.queued_at = at
+            self._schedule(job, at + timing.pending_s)
         self._process(pipeline, at)
 
     def _open(self, job: Job, at: float) -> None:
         job.opened = True
         if job.when == "manual":
             self._set_status(job, "manual", at)
+        elif job.when == "delayed":
+            self._set_status(job, "scheduled", at)
+            self._schedule(job, at + job.start_in_s)
         elif job.skip_created:
             self._set_status(job, "pending", at)
             job.queued_at = at

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,22 @@ class UnknownRollout(JournalError):
 
 class RolloutBusy(JournalError):
     """Another runner holds the rollout."""
+
+
+class JournalReadOnly(JournalError):
+    """The journal can be read but not written (file or folder permissions, a read-only mount)."""
+
+
+# A rollout id names rows (and once, files): 1 to 128 of these characters, the first a letter or a
+# digit.  fullmatch, not match with "$", which also matches before a final newline.
+_ROLLOUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_rollout_id(rollout_id: str) -> None:
+    """``JournalError`` unless ``rollout_id`` is one every store accepts."""
+    if not isinstance(rollout_id, str) or not _ROLLOUT_ID.fullmatch(rollout_id):
+        raise JournalError(f"rollout id {rollout_id!r} is not valid; use 1 to 128 letters, digits, '.', "
+                           "'+', '_' and '-', starting with a letter or a digit")
 
 
 def _check_data(instance: object, _attribute: object, value: Mapping[str, JSONValue]) -> None:
@@ -111,6 +128,7 @@ class MemoryStore:
 
     def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
                summary: Mapping[str, JSONValue] | None = None) -> list[Record]:
+        check_rollout_id(rollout_id)
         text = None if summary is None else summary_text(summary)
         with self._lock:
             existing = self._records.get(rollout_id, [])
@@ -153,6 +171,7 @@ class MemoryStore:
 
     @contextlib.contextmanager
     def hold(self, rollout_id: str) -> Iterator[None]:
+        check_rollout_id(rollout_id)
         with self._lock:
             if rollout_id in self._held:
                 raise busy(rollout_id)

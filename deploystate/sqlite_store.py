@@ -4,8 +4,25 @@ Durability: every append is one ``BEGIN IMMEDIATE`` transaction committed with
 ``synchronous=FULL``, so a record is on disk once ``append`` returns; a process killed at any
 point leaves either the whole append or none of it.  The file is marked with SQLite's own
 ``application_id``; a file that is not a SQLite database, or is some other program's database,
-is reported and never written to.  Runner exclusivity uses ``flock`` on a lock file per rollout,
-which the kernel releases when the holding process dies (even by SIGKILL).
+is reported and never written to.  So is a file with more than one name (hard links): SQLite
+keeps the write-ahead log beside the name it opens, so each name would be a journal of its own.
+
+Runner exclusivity (:meth:`SQLiteStore.hold`) is a lock on the journal file itself, one byte per
+rollout, so it is the same lock whatever path a process took to the file (``./x``, a symbolic link,
+another working folder).  It is an open file description lock (``F_OFD_SETLK``, Linux 3.15 and
+later): it belongs to the file, the kernel releases it when the holder dies (even by SIGKILL), and
+SQLite closing its own descriptors does not drop it, as it would a plain POSIX lock.  The bytes lie
+from 1 TiB on, far from SQLite's own lock bytes (at 1 GiB) and past any journal's end; locks
+beyond a file's end are allowed and change nothing in it.  Each process opens the journal file once
+for this, however many stores it has on it, and closes it only with the last of them: closing any
+descriptor of a file drops every POSIX lock the process holds on it, SQLite's own included
+(https://www.sqlite.org/howtocorrupt.html, 2.2).  A process that forks (without exec) shares its
+holds with the child.
+
+A journal that cannot be written (file or folder permissions, a read-only mount) is still read;
+writes are refused with :class:`JournalReadOnly`, saying why.  In a read-only folder with no
+write-ahead log, SQLite reads the file as immutable (no writer can exist there: it would first
+have to create the log).  A full disk is a one-line :class:`JournalError`; nothing is written.
 
 Beside the ``records`` the file keeps one row per rollout in ``rollouts``: its last sequence
 number and its latest summary, written in the transaction of the append they describe.  So
@@ -24,12 +41,15 @@ version is refused and left as it is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import os
-import re
 import sqlite3
+import struct
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,9 +58,11 @@ from deploystate.journal import (
     Entry,
     JournalCorrupt,
     JournalError,
+    JournalReadOnly,
     Record,
     Summary,
     busy,
+    check_rollout_id,
     conflict,
     summary_text,
     unknown,
@@ -49,7 +71,6 @@ from deploystate.journal import (
 APPLICATION_ID = 0x64736A6C  # "dsjl"
 SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _MOST_PROBLEMS = 100  # of one kind, in check()'s answer
 
 _RECORDS_TABLE = """
@@ -79,8 +100,14 @@ CREATE TABLE rollouts (
 _TABLES = {1: ("records",), 2: ("records", "rollouts")}
 _COLUMNS = "rollout_id, seq, action, at, actor, step, data"
 
-# SQLite's primary result codes (the low byte of an extended one).
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+# SQLite's primary result codes (the low byte of an extended one), and one extended code.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_FULL = 5, 6, 8, 11, 13
+_SQLITE_CANTOPEN, _SQLITE_NOTADB = 14, 26
+_SQLITE_READONLY_DIRECTORY = _SQLITE_READONLY | 6 << 8
+
+# The runner locks: one byte per rollout in [_LOCK_BASE, _LOCK_BASE + _LOCK_SPAN) of the journal file.
+_LOCK_BASE = _LOCK_SPAN = 1 << 40
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 _Row = tuple[str, int, str, float, str, str | None, str]
 
@@ -90,45 +117,105 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._check_file()
-        try:
-            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as error:
-            raise JournalError(f"cannot open journal {self.path}: {error}") from None
         self._lock = threading.Lock()
+        self._immutable = False  # read as an immutable file (a read-only folder without a -wal)
+        file = self._check_file()
         try:
-            with self._guard():
-                self._prepare()
+            self._db = self._connect()
+            try:
+                self._open()
+                if file is None:  # SQLite has just made it
+                    file = self._check_file()
+                    if file is None:
+                        raise JournalError(f"cannot open journal {self.path}: it vanished as it was made")
+            except BaseException:
+                self._db.close()
+                raise
         except BaseException:
-            self._db.close()
+            if file is not None:
+                _release(file)
             raise
+        self._file = file
+        self._release_file = weakref.finalize(self, _release, file)
 
     # -- opening ------------------------------------------------------------------------------
-    def _check_file(self) -> None:
-        if not self.path.exists():
-            if not self.path.parent.is_dir():
-                raise JournalError(f"cannot create journal {self.path}: folder {self.path.parent} "
-                                   "does not exist")
-            return
-        if self.path.is_dir():
-            raise JournalError(f"journal path {self.path} is a folder; give a file path")
-        with self.path.open("rb") as file:
-            head = file.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
-            raise JournalCorrupt(f"{self.path} is not a deploystate journal (not a SQLite file); it "
-                                 "was not changed. Point --store at another file")
+    def _check_file(self) -> _File | None:
+        """The journal's file, open (None if there is none yet: it can be made)."""
+        try:
+            if self.path.is_dir():
+                raise JournalError(f"journal path {self.path} is a folder; give a file path")
+            file = _open_file(self.path)
+        except PermissionError:
+            raise JournalError(f"cannot read journal {self.path} (permission denied); it was not changed. "
+                               f"Make it readable (chmod u+rw {self.path}) or point --store at another "
+                               "file") from None
+        except OSError as error:
+            raise JournalError(f"cannot open journal {self.path}: {error.strerror}") from None
+        if file is None:
+            folder = self.path.parent
+            if not folder.is_dir():
+                raise JournalError(f"cannot create journal {self.path}: folder {folder} does not exist")
+            why = _not_writable_because(folder)
+            if why is not None:
+                fix = ("Remount it read-write" if why == _MOUNTED_READ_ONLY else
+                       f"Make the folder writable (chmod u+w {folder})")
+                raise JournalReadOnly(f"cannot create journal {self.path}: its folder {folder} is read-only "
+                                      f"({why}); nothing was written. {fix} or point --store at a "
+                                      "writable folder")
+            return None
+        try:
+            links = os.fstat(file.fd).st_nlink
+            if links > 1:
+                raise JournalError(
+                    f"journal {self.path} has {links} names (hard links); SQLite keeps a journal's "
+                    "write-ahead log beside the name it is opened by, so each name would be a journal of "
+                    "its own; nothing was done. Keep one name (remove the other hard links; a symbolic "
+                    "link is fine)")
+            head = os.pread(file.fd, len(SQLITE_MAGIC), 0)
+            if head and head != SQLITE_MAGIC:
+                raise JournalCorrupt(f"{self.path} is not a deploystate journal (not a SQLite file); it "
+                                     "was not changed. Point --store at another file")
+        except BaseException:
+            _release(file)
+            raise
+        return file
+
+    def _connect(self, *, immutable: bool = False) -> sqlite3.Connection:
+        try:
+            if immutable:
+                return sqlite3.connect(f"{self.path.absolute().as_uri()}?immutable=1", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            return sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise JournalError(f"cannot open journal {self.path}: {error}") from None
+
+    def _open(self) -> None:
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as error:
+            real = Path(os.path.realpath(self.path))
+            if (error.sqlite_errorcode not in (_SQLITE_READONLY_DIRECTORY, _SQLITE_CANTOPEN)
+                    or Path(f"{real}-wal").exists() or _not_writable_because(real.parent) is None):
+                self._fail(error)
+            # A read-only folder (or mount), and no -wal: SQLite cannot make one to read through, and no
+            # writer can either, so the file is all there is and stays as it is.
+            self._db.close()
+            self._db = self._connect(immutable=True)
+            self._immutable = True
+            with self._guard():
+                self._prepare()
 
     def _prepare(self) -> None:
         db = self._db
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        if app_id == 0 and not self._tables():
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == 0 and version == 0 and self._empty():
             self._create()
-            app_id = APPLICATION_ID
+            app_id, version = APPLICATION_ID, SCHEMA_VERSION
         if app_id != APPLICATION_ID:
             raise JournalCorrupt(f"{self.path} is a SQLite database of another program (application "
-                                 f"id {app_id:#x}); it was not changed. Point --store at another file")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+                                 f"id {app_id:#x}, user_version {version}); it was not changed. Point "
+                                 "--store at another file")
         if version > SCHEMA_VERSION:
             raise JournalCorrupt(f"{self.path} has journal schema {version}, newer than schema "
                                  f"{SCHEMA_VERSION} that this deploystate reads; it was not changed. "
@@ -138,7 +225,8 @@ class SQLiteStore:
                                  f"wrote (this one reads 1 to {SCHEMA_VERSION}); it was not changed")
         self._require_tables(version)
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA journal_mode=WAL")
+        if not self._immutable:
+            db.execute("PRAGMA journal_mode=WAL")
         if version < SCHEMA_VERSION:
             self._upgrade()
         # Cheap, unlike quick_check: the first page of each table, so a file whose table roots
@@ -148,6 +236,10 @@ class SQLiteStore:
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _empty(self) -> bool:
+        """No table, view, index or trigger: a new file, not another program's."""
+        return self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
 
     def _require_tables(self, version: int) -> None:
         missing = [t for t in _TABLES[version] if t not in self._tables()]
@@ -160,7 +252,8 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode=WAL")
         with self._transaction():
             # Re-check inside the write lock: another process may have initialised it.
-            if db.execute("PRAGMA application_id").fetchone()[0] == 0 and not self._tables():
+            if (db.execute("PRAGMA application_id").fetchone()[0] == 0 and self._empty()
+                    and db.execute("PRAGMA user_version").fetchone()[0] == 0):
                 db.execute(_RECORDS_TABLE)
                 db.execute(_ROLLOUTS_TABLE)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -203,6 +296,11 @@ class SQLiteStore:
             raise JournalCorrupt(f"{self.path} is damaged ({error}); it was not changed. Restore it "
                                  "from a backup or point --store at another file ('deploystate "
                                  "check-store' lists what is wrong)") from None
+        if code == _SQLITE_READONLY:
+            raise self._read_only(str(error)) from None
+        if code == _SQLITE_FULL:
+            raise JournalError(f"the disk holding {self.path} is full; nothing was written for this step; "
+                               "free space and run again") from None
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
             raise JournalError(f"journal {self.path} is locked by another process ({error}); "
                                "nothing was written. Try again") from None
@@ -212,11 +310,24 @@ class SQLiteStore:
                                  "check-store'") from None
         raise JournalError(f"cannot use journal {self.path}: {error}") from None
 
+    def _read_only(self, cause: str) -> JournalReadOnly:
+        """The refusal of a write to this journal, saying why it cannot be written."""
+        real = Path(os.path.realpath(self.path))
+        why = _not_writable_because(real)
+        if why is None:
+            in_folder = _not_writable_because(real.parent)
+            why = (f"{in_folder} on its folder {real.parent}, where SQLite keeps the journal's write-ahead "
+                   "log" if in_folder is not None else cause)
+        fix = ("Remount it read-write" if why == _MOUNTED_READ_ONLY else
+               f"Make it writable (chmod u+w {self.path} and its folder)")
+        return JournalReadOnly(f"journal {self.path} is read-only ({why}); nothing was written. {fix} or "
+                               "point --store at a writable copy")
+
     # -- the Store protocol ---------------------------------------------------------------------
     def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
                summary: Mapping[str, Any] | None = None) -> list[Record]:
         """See :meth:`deploystate.ports.Store.append`.  Records, last seq and summary: one transaction."""
-        _check_id(rollout_id)
+        check_rollout_id(rollout_id)
         text = None if summary is None else summary_text(summary)
         rows = [(e.action, e.at, e.actor, e.step, json.dumps(e.data, sort_keys=True, allow_nan=False))
                 for e in entries]
@@ -305,25 +416,51 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def hold(self, rollout_id: str) -> Iterator[None]:
-        _check_id(rollout_id)
-        folder = self.path.with_name(self.path.name + ".locks")
-        folder.mkdir(exist_ok=True)
-        fd = os.open(folder / f"{rollout_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """See :meth:`deploystate.ports.Store.hold`: a lock on the journal file (see the module's
+        docstring).  Costs one ``fcntl`` to take and one to release; no file is made."""
+        check_rollout_id(rollout_id)
+        file = self._file
+        if not self._release_file.alive:
+            raise JournalError(f"journal {self.path} is closed; open it again")
+        if file.not_writable is not None or self._immutable:
+            raise self._read_only(str(file.not_writable or "its folder cannot take a write-ahead log"))
+        setlk = getattr(fcntl, "F_OFD_SETLK", None)
+        if setlk is None:
+            raise self._no_file_locks(rollout_id)
+        offset = _lock_offset(rollout_id)
+        with _FILES_LOCK:
+            if rollout_id in file.held:  # by another store of this process on this file
+                raise busy(rollout_id)
+            try:
+                fcntl.fcntl(file.fd, setlk, _flock(fcntl.F_WRLCK, offset))
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    raise busy(rollout_id) from None
+                if error.errno == errno.EINVAL:  # a kernel older than 3.15
+                    raise self._no_file_locks(rollout_id) from None
+                raise JournalError(f"cannot hold rollout {rollout_id}: locking journal {self.path} failed "
+                                   f"({error.strerror}); nothing was done. Keep the journal on a local "
+                                   "disk") from None
+            file.held.add(rollout_id)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise busy(rollout_id) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            yield
         finally:
-            os.close(fd)
+            with _FILES_LOCK:
+                try:
+                    fcntl.fcntl(file.fd, setlk, _flock(fcntl.F_UNLCK, offset))
+                finally:
+                    file.held.discard(rollout_id)
+                    _close_if_unused(file)
+
+    def _no_file_locks(self, rollout_id: str) -> JournalError:
+        return JournalError(f"cannot hold rollout {rollout_id}: deploystate's runner lock needs open file "
+                            "description locks (fcntl F_OFD_SETLK, Linux 3.15 or later), which this "
+                            "platform does not have; nothing was done")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._release_file()
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -458,7 +595,82 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _check_id(rollout_id: str) -> None:
-    if not _SAFE_ID.match(rollout_id):
-        raise JournalError(f"rollout id {rollout_id!r} is not valid; use letters, digits, '.', '+', "
-                           "'_' and '-'")
+_MOUNTED_READ_ONLY = "its file system is mounted read-only"
+
+
+def _not_writable_because(path: Path) -> str | None:
+    """Why this process cannot write ``path`` (a file or a folder), or None if it can."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return _MOUNTED_READ_ONLY
+    if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0), effective_ids=True):
+        return "permission denied"
+    return None
+
+
+# -- the journal file, shared by the stores of a process ---------------------------------------------
+
+
+class _File:
+    """A journal file as this process has it open: one descriptor, whatever path each store took."""
+
+    def __init__(self, key: tuple[int, int], fd: int, not_writable: OSError | None) -> None:
+        self.key, self.fd, self.not_writable = key, fd, not_writable
+        self.users = 0  # open stores
+        self.held: set[str] = set()  # rollouts held through it
+        self.spare: list[int] = []  # descriptors of it opened in a race, closed with it
+
+
+_FILES: dict[tuple[int, int], _File] = {}  # by (device, inode)
+_FILES_LOCK = threading.Lock()
+
+
+def _open_file(path: Path) -> _File | None:
+    """The file at ``path`` (one user more), opened if no store of this process has it; None if none."""
+    with _FILES_LOCK:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        found = _FILES.get((info.st_dev, info.st_ino))
+        if found is None:
+            try:
+                fd, not_writable = os.open(path, os.O_RDWR | os.O_CLOEXEC), None
+            except OSError as error:
+                if error.errno not in _NOT_WRITABLE:
+                    raise
+                fd, not_writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), error
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)
+            found = _FILES.get(key)
+            if found is None:
+                found = _FILES[key] = _File(key, fd, not_writable)
+            else:  # the path moved to another file between stat and open, one open here already
+                found.spare.append(fd)
+        found.users += 1
+        return found
+
+
+def _release(file: _File) -> None:
+    with _FILES_LOCK:
+        file.users -= 1
+        _close_if_unused(file)
+
+
+def _close_if_unused(file: _File) -> None:
+    """Close ``file`` once no store uses it and no rollout is held through it (under _FILES_LOCK)."""
+    if file.users == 0 and not file.held and _FILES.get(file.key) is file:
+        del _FILES[file.key]
+        for fd in (file.fd, *file.spare):
+            os.close(fd)
+
+
+def _lock_offset(rollout_id: str) -> int:
+    """The byte of the journal file whose lock is the right to run ``rollout_id``."""
+    digest = hashlib.blake2b(rollout_id.encode(), digest_size=8).digest()
+    return _LOCK_BASE + int.from_bytes(digest, "big") % _LOCK_SPAN
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """A ``struct flock`` for the one byte at ``offset`` (l_pid 0, as open file description locks need)."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)

@@ -5,8 +5,8 @@ To make a race happen at a chosen moment, a runner process freezes itself (SIGST
 runner's checkpoints: it then holds the rollout exactly as a runner stuck in a slow deployer
 call would, for as long as the test needs.  The other side is the real ``deploystate`` command.
 
-- A second runner is refused while the first holds the rollout (``flock``, released even when
-  the holder dies), and triggers nothing.
+- A second runner is refused while the first holds the rollout (a lock on the journal file,
+  whatever path each took to it, released even when the holder dies), and triggers nothing.
 - An operator command that writes while a runner is between reading and appending makes the
   runner's append fail with the expected-sequence conflict: the runner decides again on the
   new state, nothing is written twice and nothing is lost.
@@ -212,6 +212,28 @@ def test_a_second_runner_is_refused_while_the_first_holds_the_rollout(store: Pat
     view = assert_consistent(store)
     assert view.status == "done"
     assert set(deployer_keys(store)) == intents(journal(store)) and len(intents(journal(store))) == 4
+
+
+def test_a_second_runner_is_refused_whatever_path_it_takes(store: Path, tmp_path: Path) -> None:
+    # The lock is the journal file's, not its name's: through another name, a second runner once
+    # ran the same rollout alongside the first and triggered its deployments again.
+    # (A link of the same name, so that the simulated backend beside it is the same one.)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / store.name).symlink_to(f"../{store.name}")
+    ways = [("./" + store.name, tmp_path), ("../" + store.name, other), (store.name, other),
+            (str(other / store.name), tmp_path), (f"other/../{store.name}", tmp_path)]
+    with frozen_runner(store, "before-trigger:1", auto_promote="release-manager") as holder:
+        before = journal(store)
+        for path, cwd in ways:
+            second = deploystate("run", VERSION, "--store", path, cwd=cwd)
+            assert second.returncode == 2, (path, second.stdout, second.stderr)
+            lines = second.stderr.splitlines()
+            assert len(lines) == 1 and f"rollout {VERSION} is being run by another process" in lines[0], path
+            assert journal(store) == before and not deployer_keys(store)
+        assert resume(holder) == Stop.DONE.value
+    view = assert_consistent(store)
+    assert view.status == "done" and len(deployer_keys(store)) == 4
 
 
 def test_two_run_commands_started_together(store: Path, tmp_path: Path) -> None:

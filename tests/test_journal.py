@@ -120,6 +120,34 @@ def test_another_programs_database_is_reported_and_untouched(tmp_path: Path) -> 
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("made", [
+    ["PRAGMA user_version = 7"],  # no tables, nothing but a schema number of its own
+    ["CREATE VIEW answer AS SELECT 42"],  # no tables, but not empty
+    ["CREATE VIEW answer AS SELECT 42", "DROP VIEW answer", "PRAGMA user_version = 2"],
+])
+def test_another_programs_database_without_tables_is_not_taken_over(tmp_path: Path, made: list[str]) -> None:
+    path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(path)
+    for statement in made:
+        db.execute(statement)
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalCorrupt, match=rf"^{path} is a SQLite database of another program .*"
+                                             "it was not changed. Point --store at another file$"):
+        SQLiteStore(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]
+
+
+def test_an_empty_sqlite_file_becomes_a_journal(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    sqlite3.connect(path).close()  # SQLite makes no file until something is written
+    path.touch()
+    SQLiteStore(path).append("r1", 0, [entry("created", None)])
+    assert header(path) == (SCHEMA_VERSION, sqlite_store.APPLICATION_ID)
+
+
 def test_a_truncated_journal_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path)

@@ -7,6 +7,7 @@ file to reopen).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -221,3 +222,23 @@ def test_a_second_handle_sees_appends_of_the_first(stores: Stores) -> None:
         one.append(RID, 1, [entry("abort", None)], summary={"status": "aborted"})
     assert one.summaries() == {RID: (2, Summary(2, {"status": "running"}))}
     assert [r.action for r in one.read(RID, after=1)] == ["start"]
+
+
+@pytest.mark.parametrize("bad", [f"{RID}\n", f"{RID}\r\n", "\n", "", "../etc/passwd", ".hidden", "-rf",
+                                 "a b", "a/b", "é", "a" * 129])
+def test_every_store_refuses_the_same_bad_rollout_ids(store: Store, bad: str) -> None:
+    # A version with a trailing newline was once a second rollout beside the real one.
+    store.append(RID, 0, [created()])
+    with pytest.raises(JournalError, match=rf"rollout id {re.escape(repr(bad))} is not valid"):
+        store.append(bad, 0, [created()])
+    with pytest.raises(JournalError, match="is not valid"), store.hold(bad):
+        pass
+    assert store.rollouts() == [RID]
+
+
+@pytest.mark.parametrize("good", ["a", "r1", RID, "13.10.202103011220+ee", "A_b-c.d", "a" * 128])
+def test_every_store_takes_the_same_good_rollout_ids(store: Store, good: str) -> None:
+    assert [r.seq for r in store.append(good, 0, [created()])] == [1]
+    with store.hold(good):
+        pass
+    assert store.rollouts() == [good]

@@ -14,6 +14,7 @@ import time
 import types
 import urllib.parse
 
+import attrs
 import gitlab
 import pytest
 import requests
@@ -424,6 +425,59 @@ def test_manual_jobs_are_played_through_the_jobs_api(standin_factory):
     assert (unplayable.value.response_code, unplayable.value.error_message) == (
         400, "400 Bad request - Unplayable Job")
     assert not_retryable.value.response_code == 403
+
+
+def test_delayed_jobs_wait_as_scheduled_then_run_or_are_played_early(standin_factory):
+    delayed = ProjectSpec(id=56, path="group/delayed", trigger_tokens=("delayed-token",), jobs=(
+        JobSpec("build", "build"), JobSpec("later", "wait", when="delayed", start_in_s=600),
+        JobSpec("deploy", "deploy")),
+        timing=Timing(created_s=0, pending_s=1, running_s=10, other_running_s=10))
+    standin = standin_factory(World([delayed], clock=VirtualClock()))
+    project = make_client(standin).projects.get(delayed.path, lazy=True)
+    waiting, early = (project.trigger_pipeline("main", "delayed-token") for _ in range(2))
+    standin.world.advance(30)
+    assert {project.pipelines.get(p.id).status for p in (waiting, early)} == {"scheduled"}
+    [later] = [j for j in project.pipelines.get(early.id, lazy=True).jobs.list() if j.name == "later"]
+    assert later.status == "scheduled"
+
+    project.jobs.get(later.id, lazy=True).play()  # "Run now"
+    standin.world.advance(60)
+    assert project.pipelines.get(early.id).status == "success"
+    assert project.pipelines.get(waiting.id).status == "scheduled"
+    standin.world.advance(600)
+    assert project.pipelines.get(waiting.id).status == "success"
+    with pytest.raises(ValueError, match="start_in_s is for when='delayed'"):
+        JobSpec("x", "x", start_in_s=5)
+
+
+def test_jobs_limited_to_environments_are_only_in_their_pipelines(standin_factory):
+    gate = JobSpec("approve", "approve", when="manual", environments={"gprd"})
+    deployer = attrs.evolve(DEPLOYER, jobs=(DEPLOYER.jobs[0], gate, *DEPLOYER.jobs[1:]))
+    standin = standin_factory(World([deployer], clock=VirtualClock()))
+    gl = make_client(standin)
+    staging, production = trigger(gl, "gstg"), trigger(gl, "gprd")
+    run_until_quiet(standin.world)
+    project = gl.projects.get(DEPLOYER_PATH, lazy=True)
+
+    assert "approve" not in statuses(project.pipelines.get(staging.id))
+    assert project.pipelines.get(staging.id).status == "success"
+    assert statuses(project.pipelines.get(production.id))["approve"] == "manual"
+    assert project.pipelines.get(production.id).status == "manual"  # blocked on a person
+
+
+def test_trigger_tokens_are_listed_to_maintainers_in_full_or_shortened(standin_factory):
+    full = make_client(standin_factory()).projects.get(DEPLOYER_PATH, lazy=True).triggers.list(get_all=True)
+    assert [t.token for t in full] == list(DEPLOYER.trigger_tokens)
+    masked = standin_factory(mask_trigger_tokens=True)
+    shortened = make_client(masked).projects.get(DEPLOYER_PATH, lazy=True).triggers.list(get_all=True)
+    assert [t.token for t in shortened] == [t[:4] for t in DEPLOYER.trigger_tokens]
+    developer = standin_factory(tokens=frozenset({STANDIN_TOKEN, "developer-token"}),
+                                maintainer_tokens=frozenset({STANDIN_TOKEN}))
+    with pytest.raises(gitlab.GitlabListError) as forbidden:
+        make_client(developer, private_token="developer-token").projects.get(
+            DEPLOYER_PATH, lazy=True).triggers.list(get_all=True)
+    assert forbidden.value.response_code == 403
+    assert developer.counters().requests_to("triggers") == 1
 
 
 def test_bridges_mirror_their_downstream_pipeline_and_a_downstream_retry_moves_upstream(

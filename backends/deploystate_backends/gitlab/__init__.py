@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from deploystate.clock import SystemClock
 from deploystate.ports import Backends
 from deploystate_backends.autodeploy import RUNBOOK, check_version
+from deploystate_backends.gitlab.access import GitLabAccessError, check_access
 from deploystate_backends.gitlab.client import connect
 from deploystate_backends.gitlab.deployer import GitLabDeployer
 from deploystate_backends.gitlab.packages import GitLabPackages
@@ -19,12 +20,13 @@ from deploystate_backends.gitlab.settings import GitLabSettings, GitLabSettingsE
 from deploystate_backends.gitlab.watching import watch
 
 __all__ = [
-    "GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError", "RehearsalClock", "create",
+    "GitLabAccessError", "GitLabDeployer", "GitLabPackages", "GitLabSettings", "GitLabSettingsError",
+    "RehearsalClock", "create",
 ]
 
 
 def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None) -> Backends:
-    """Check the settings and both tokens now, before any rollout starts."""
+    """Check the settings now, and both tokens against GitLab when a rollout is created (``prepare``)."""
     parsed = GitLabSettings.from_mapping(settings)
     trigger_token = parsed.token("trigger", env)
     api_token = parsed.token("api", env)
@@ -39,6 +41,11 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
     # What its deployments reach, whatever the way of watching them (hooks or polls).
     identity = f"gitlab {parsed.url} deployer project {parsed.deployer_project}"
     secret = parsed.webhook_secret(env)
+
+    def prepare(version: str) -> None:
+        # Before a rollout is written: both tokens work (four reads; nothing is created).
+        check_access(gl, parsed, trigger_token, secrets)
+
     if parsed.webhook_listen is not None and secret is not None:
         # Listening starts with the first read, so commands that only look (status) bind no port.
         hooks = watch(deployer, packages, parsed, clock, secret=secret, listen=parsed.webhook_listen,
@@ -52,7 +59,8 @@ def create(settings: Mapping[str, object], env: Mapping[str, str] | None = None)
 
         return Backends(deployer=hooks.deployer, packages=hooks.packages, clock=clock,
                         description=f"{description}; Pipeline Hooks on {parsed.webhook_listen}",
-                        check_version=check_version, runbook=RUNBOOK, closer=close_all, identity=identity)
-    # Versions are auto-deploy tags; creating a rollout needs nothing prepared on GitLab's side.
+                        check_version=check_version, prepare=prepare, runbook=RUNBOOK, closer=close_all,
+                        identity=identity)
     return Backends(deployer=deployer, packages=packages, clock=clock, description=description,
-                    check_version=check_version, runbook=RUNBOOK, closer=gl.session.close, identity=identity)
+                    check_version=check_version, prepare=prepare, runbook=RUNBOOK, closer=gl.session.close,
+                    identity=identity)

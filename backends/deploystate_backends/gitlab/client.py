@@ -32,6 +32,14 @@ def connect(settings: GitLabSettings, api_token: str) -> gitlab.Gitlab:
                          retry_transient_errors=False, keep_base_url=True)
 
 
+class GitLabApiError(BackendError):
+    """A BackendError from GitLab's API; ``status`` is the HTTP status GitLab answered, if any."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
+        super().__init__(message, transient=transient)
+        self.status = status
+
+
 def translate(error: Exception, what: str, secrets: Sequence[str] = (),
               not_found: str | None = None) -> BackendError:
     """A BackendError saying what failed; transient when trying again later may help.
@@ -39,22 +47,24 @@ def translate(error: Exception, what: str, secrets: Sequence[str] = (),
     ``not_found`` replaces the advice given for a 404 (a trigger's 404 means a wrong token).
     """
     if isinstance(error, gitlab.exceptions.GitlabAuthenticationError):
-        return BackendError(f"{what}: GitLab refused the credentials (401); check the token's "
-                            "environment variable and its scopes", transient=False)
+        return GitLabApiError(f"{what}: GitLab refused the credentials (401); check the token's "
+                              "environment variable and its scopes", transient=False, status=401)
     if isinstance(error, gitlab.exceptions.GitlabError):
         code = error.response_code
         detail = _scrub(str(error.error_message or ""), secrets)[:200]
         if code is None:
-            return BackendError(f"{what}: GitLab's answer could not be read ({detail})", transient=True)
+            return GitLabApiError(f"{what}: GitLab's answer could not be read ({detail})", transient=True)
         if code >= 500 or code == 429:
-            return BackendError(f"{what}: GitLab answered {code} ({detail})", transient=True)
+            return GitLabApiError(f"{what}: GitLab answered {code} ({detail})", transient=True, status=code)
         if code == 404:
-            return BackendError(f"{what}: not found (404); " + (
+            return GitLabApiError(f"{what}: not found (404); " + (
                 not_found or "check the project path or id in [backends.gitlab] and that the API token "
-                "can see it"), transient=False)
+                "can see it"), transient=False, status=code)
         if code == 403:
-            return BackendError(f"{what}: forbidden (403); the token lacks permission", transient=False)
-        return BackendError(f"{what}: GitLab refused the request ({code}: {detail})", transient=False)
+            return GitLabApiError(f"{what}: forbidden (403); the token lacks permission", transient=False,
+                                  status=code)
+        return GitLabApiError(f"{what}: GitLab refused the request ({code}: {detail})", transient=False,
+                              status=code)
     if isinstance(error, requests.exceptions.Timeout):
         return BackendError(f"{what}: GitLab did not answer in time", transient=True)
     if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):

@@ -203,12 +203,24 @@ _ORDER_BY: dict[str, Callable[[Pipeline], Any]] = {
 }
 
 
-class Api:
-    """The endpoints python-gitlab uses for pipelines, jobs, bridges and triggers."""
+FORBIDDEN = _message(403, "403 Forbidden")
 
-    def __init__(self, world: World, tokens: frozenset[str] = DEFAULT_TOKENS) -> None:
+
+class Api:
+    """The endpoints python-gitlab uses for pipelines, jobs, bridges and triggers.
+
+    ``maintainer_tokens``: the access tokens whose users are Maintainers of every project (None:
+    all of them); only those may list trigger tokens, as on GitLab.  ``mask_trigger_tokens``: the
+    trigger tokens were created by someone else than the caller, so GitLab shows only their first
+    four characters.
+    """
+
+    def __init__(self, world: World, tokens: frozenset[str] = DEFAULT_TOKENS, *,
+                 maintainer_tokens: frozenset[str] | None = None, mask_trigger_tokens: bool = False) -> None:
         self.world = world
         self.tokens = frozenset(tokens)
+        self.maintainer_tokens = None if maintainer_tokens is None else frozenset(maintainer_tokens)
+        self.mask_trigger_tokens = mask_trigger_tokens
         self.routes = (
             Route("trigger", "POST", re.compile(_PROJECT + r"/trigger/pipeline"), Api._trigger),
             Route("trigger", "POST", re.compile(_PROJECT + r"/ref/(?P<ref>.+)/trigger/pipeline"),
@@ -227,6 +239,7 @@ class Api:
             Route("job_retry", "POST", re.compile(_JOB + "/retry"), Api._job_retry),
             Route("job_cancel", "POST", re.compile(_JOB + "/cancel"), Api._job_cancel),
             Route("tags", "GET", re.compile(_PROJECT + "/repository/tags"), Api._tags),
+            Route("triggers", "GET", re.compile(_PROJECT + "/triggers"), Api._triggers),
         )
 
     # --- dispatch ------------------------------------------------------------------------
@@ -450,3 +463,13 @@ class Api:
         found = find_tags(self.world, spec, search=_single(q, "search"), order_by=order_by, sort=sort)
         chunk, headers = self._page(found, request)
         return Response(200, [render_tag(t, r.base_url, spec, self.world.user) for t in chunk], headers)
+
+    def _triggers(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        spec = self._find_project(params)
+        token = _token(request)
+        if self.maintainer_tokens is not None and token not in self.maintainer_tokens:
+            raise FORBIDDEN  # listing trigger tokens needs the Maintainer role (admin_build)
+        found = [r.trigger(spec, index, value, masked=self.mask_trigger_tokens)
+                 for index, value in enumerate(spec.trigger_tokens)]
+        chunk, headers = self._page(found, request)
+        return Response(200, chunk, headers)

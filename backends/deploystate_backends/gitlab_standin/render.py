@@ -221,6 +221,19 @@ class Renderer:
         }
         return data
 
+    def trigger(self, spec: ProjectSpec, index: int, token: str, *, masked: bool) -> JSON:
+        """A pipeline trigger token as ``GET /projects/:id/triggers`` lists it.  GitLab shows a
+        token in full only to the user who created it; to others its first four characters."""
+        return {
+            "id": spec.id * 100 + index + 1,
+            "description": f"{spec.name} trigger",
+            "created_at": timestamp(0.0),
+            "last_used": None,
+            "token": token[:4] if masked else token,
+            "updated_at": timestamp(0.0),
+            "owner": self.user(self.world.user),
+        }
+
     @staticmethod
     def variable(variable: Variable) -> JSON:
         return {"key": variable.key, "variable_type": variable.variable_type, "value": variable.value}

@@ -179,6 +179,8 @@ class Standin:
     """A GitLab stand-in on ``127.0.0.1``: ``url``, ``world``, ``faults``, ``counters()``.
 
     ``port=0`` picks a free port.  Use as a context manager, or ``start()``/``stop()``.
+    ``maintainer_tokens`` and ``mask_trigger_tokens`` shape ``GET /projects/:id/triggers`` (see
+    :class:`~deploystate_backends.gitlab_standin.api.Api`).
     """
 
     def __init__(
@@ -189,10 +191,13 @@ class Standin:
         tokens: frozenset[str] = DEFAULT_TOKENS,
         host: str = "127.0.0.1",
         port: int = 0,
+        maintainer_tokens: frozenset[str] | None = None,
+        mask_trigger_tokens: bool = False,
     ) -> None:
         self.world = world if world is not None else World()
         self.faults = faults if faults is not None else FaultPlan()
-        self.api = Api(self.world, tokens)
+        self.api = Api(self.world, tokens, maintainer_tokens=maintainer_tokens,
+                       mask_trigger_tokens=mask_trigger_tokens)
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()

@@ -1,7 +1,8 @@
 """The stand-in answers in GitLab's documented shapes: same field names, same JSON types.
 
-The examples in ``data/gitlab_examples/`` are copied from GitLab's REST API documentation (each
-file names its page and section).  A stand-in answer is compared with the documented example of
+The examples in ``data/gitlab_examples/`` are copied from GitLab's documentation (the REST API
+pages, and the webhook events page for the Pipeline Hook; each file names its page and section).
+A stand-in answer (or hook) is compared with the documented example of
 the same call, in a comparable state (a failed job with a failed job, ...):
 
 - every field of the documented example is present;
@@ -12,12 +13,16 @@ the same call, in a comparable state (a failed job with a failed job, ...):
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deploystate_backends.gitlab_standin import DEPLOYER, RELEASE_TOOLS, Script
+from deploystate_backends.gitlab_standin import DEPLOYER, RELEASE_TOOLS, Script, VirtualClock, World
+from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
 from standin_fixtures import DEPLOYER_TRIGGER_TOKEN
 
 EXAMPLES = Path(__file__).parent / "data" / "gitlab_examples"
@@ -25,6 +30,15 @@ EXAMPLES = Path(__file__).parent / "data" / "gitlab_examples"
 CONDITIONAL = {
     "failure_reason": "exposed only for failed jobs",
     "artifacts_file": "exposed only for jobs with an artifacts archive",
+    "source_pipeline": "sent only for a pipeline started by another pipeline's trigger job",
+}
+# Fields GitLab sends that the docs' example does not show (yet), with where GitLab builds them.
+NEWER_THAN_THE_EXAMPLE = {
+    "protected_ref": "Gitlab::DataBuilder::Pipeline#hook_attrs (lib/gitlab/data_builder/pipeline.rb)",
+}
+# Fields the example shows with a value that GitLab sends as null in other states.
+NULL_IN_OTHER_STATES = {
+    "merge_request": "null for a pipeline of no merge request (pipeline.merge_request && ...)",
 }
 
 
@@ -43,11 +57,12 @@ def kind(value: Any) -> str:
 
 
 def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any]], path: str = "",
-             *, names_only: bool = False) -> list[str]:
+             *, names_only: bool = False, hook: bool = False) -> list[str]:
     """How ``actual`` differs from ``documented``, judged against all examples of its ``family``.
 
     ``names_only`` checks field names alone: for states no example shows (a skipped job has
-    no start time, where every documented job has one).
+    no start time, where every documented job has one).  ``hook``: a webhook payload, where
+    NEWER_THAN_THE_EXAMPLE and NULL_IN_OTHER_STATES apply.
     """
     if not isinstance(actual, dict):
         return [f"{path or 'answer'}: expected an object, got {kind(actual)}"]
@@ -55,6 +70,8 @@ def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any
              if key not in actual and key not in CONDITIONAL]
     known = {key for member in family for key in member}
     for key, value in actual.items():
+        if hook and key in NEWER_THAN_THE_EXAMPLE:
+            continue
         if key not in known:
             found.append(f"{path}{key}: not in any documented example")
             continue
@@ -62,6 +79,8 @@ def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any
             continue
         shown = [member[key] for member in family if key in member]
         kinds = {kind(v) for v in shown}
+        if hook and value is None and key in NULL_IN_OTHER_STATES:
+            continue
         if kinds == {"null"} or (value is None and ("null" in kinds or key not in documented)):
             # The docs show null here, or do not show this field in this state at all.
             continue
@@ -70,7 +89,7 @@ def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any
         elif isinstance(value, dict):
             nested = [v for v in shown if isinstance(v, dict)]
             required = documented[key] if isinstance(documented.get(key), dict) else {}
-            found += problems(value, required, nested, f"{path}{key}.")
+            found += problems(value, required, nested, f"{path}{key}.", hook=hook)
         elif isinstance(value, list):
             elements = [e for v in shown if isinstance(v, list) for e in v]
             objects = [e for e in elements if isinstance(e, dict)]
@@ -78,7 +97,7 @@ def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any
             for index, item in enumerate(value):
                 if objects and isinstance(item, dict):
                     common = {k: objects[0][k] for k in set.intersection(*(set(o) for o in objects))}
-                    found += problems(item, common, objects, f"{path}{key}[{index}].")
+                    found += problems(item, common, objects, f"{path}{key}[{index}].", hook=hook)
                 elif element_kinds and kind(item) not in element_kinds:
                     found.append(f"{path}{key}[{index}]: {kind(item)}, documented as {sorted(element_kinds)}")
     return found
@@ -90,6 +109,8 @@ JOBS = [*example("pipeline_jobs"),
         *(example(n) for n in ("job_single", "job_retry", "job_play", "job_cancel"))]
 BRIDGES = example("pipeline_bridges")
 VARIABLES = example("pipeline_variables")
+TRIGGERS = example("triggers_list")
+PIPELINE_HOOK = example("pipeline_hook")
 
 
 @pytest.fixture
@@ -132,15 +153,17 @@ def answers(gitlab_standin, gitlab_client):
         "job_cancel": gl.http_post(f"{base}/jobs/{running_job['id']}/cancel"),
         "pipeline_retry": gl.http_post(f"{base}/pipelines/{failing['id']}/retry"),
         "pipeline_cancel": gl.http_post(f"{base}/pipelines/{to_cancel['id']}/cancel"),
+        "triggers": gl.http_list(f"{base}/triggers", get_all=True),
     }
 
 
 def test_every_example_names_its_source_in_gitlabs_documentation():
     files = sorted(EXAMPLES.glob("*.json"))
-    assert len(files) == 12
+    assert len(files) == 14
     for path in files:
         data = json.loads(path.read_text())
-        assert data["_source"].startswith("https://docs.gitlab.com/api/"), path.name
+        assert data["_source"].startswith(("https://docs.gitlab.com/api/",
+                                           "https://docs.gitlab.com/user/project/integrations/")), path.name
         assert data["_section"] and data["_from"] and "example" in data, path.name
 
 
@@ -194,3 +217,105 @@ def test_the_comparison_notices_renamed_missing_and_mistyped_fields(answers):
         "user.id: string, documented as number",
     ]
     assert problems(job, example("job_single"), JOBS) == ["tag_list[0]: number, documented as ['string']"]
+
+
+def test_trigger_token_lists_have_the_documented_shape(answers):
+    assert [t["token"] for t in answers["triggers"]] == [DEPLOYER_TRIGGER_TOKEN]
+    for trigger in answers["triggers"]:
+        assert problems(trigger, TRIGGERS[0], TRIGGERS) == []
+
+
+# --- Pipeline Hooks, as the stand-in posts them -----------------------------------------------
+
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], dict[str, Any]]]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[str, list[tuple[dict[str, str], dict[str, Any]]]]]:
+    """A plain HTTP server that keeps every hook posted to it: (url, received)."""
+    received: list[tuple[dict[str, str], dict[str, Any]]] = []
+    handler = type("Capture", (_Capture,), {"received": received})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", received
+        finally:
+            server.shutdown()
+
+
+def deliver_all(world: World, sender: HookSender) -> None:
+    for _ in range(200):  # a VirtualClock moves only when told: advance, then deliver what is due
+        sender.pump()
+        at = world.next_change_at()
+        if at is None:
+            return
+        world.advance(at - world.now())
+    raise AssertionError("the world still changes after 200 steps")
+
+
+def test_pipeline_hooks_have_the_documented_shape(capture):
+    url, received = capture
+    world = World(clock=VirtualClock())
+    sender = HookSender(world)
+    for project in (DEPLOYER, RELEASE_TOOLS):
+        sender.add_hook(project, f"{url}/hook", "secret")
+    world.trigger(DEPLOYER.path, "master", {"DEPLOY_ENVIRONMENT": "gstg"})
+    coordinator = world.seed_pipeline(RELEASE_TOOLS.path, "master", variables={"DEPLOY_ENVIRONMENT": "gprd"})
+    deliver_all(world, sender)
+
+    finished = [body for _, body in received if body["object_attributes"]["status"] == "success"]
+    assert len(finished) == 3  # the triggered deployment, the coordinator, its downstream deployment
+    for body in finished:
+        assert problems(body, PIPELINE_HOOK, [PIPELINE_HOOK], hook=True) == [], body["object_attributes"]
+    triggered, downstream = (b for b in finished if b["project"]["id"] == DEPLOYER.id)
+    upstream = next(b for b in finished if b["project"]["id"] == RELEASE_TOOLS.id)
+    # Like GitLab's data builder: the latest builds, trigger jobs (bridges) left out...
+    assert [b["name"] for b in triggered["builds"]] == ["prepare", "deploy", "rollback-check", "finish"]
+    assert [b["name"] for b in upstream["builds"]] == ["start", "notify"]
+    assert {b["status"] for b in triggered["builds"]} == {"success", "manual"}
+    # ...protected_ref, and source_pipeline only for a pipeline another one's trigger job started.
+    assert triggered["object_attributes"]["protected_ref"] is True
+    assert "source_pipeline" not in triggered and "source_pipeline" not in upstream
+    assert downstream["source_pipeline"]["pipeline_id"] == coordinator.pipeline_id
+    assert downstream["source_pipeline"]["project"]["path_with_namespace"] == RELEASE_TOOLS.path
+    assert problems(downstream["source_pipeline"], PIPELINE_HOOK["source_pipeline"],
+                    [PIPELINE_HOOK["source_pipeline"]]) == []
+
+
+@pytest.mark.parametrize("idempotency_key", [True, False], ids=["GitLab 17.4+", "older GitLab"])
+def test_pipeline_hooks_carry_a_webhook_uuid_an_event_uuid_and_an_idempotency_key(capture, idempotency_key):
+    url, received = capture
+    world = World(clock=VirtualClock())
+    sender = HookSender(world, faults=HookFaults(duplicate=1.0), idempotency_key=idempotency_key)
+    hooks = [sender.add_hook(DEPLOYER, f"{url}/{name}", "secret") for name in ("first", "second")]
+    world.trigger(DEPLOYER.path, "master", {"DEPLOY_ENVIRONMENT": "gstg"})
+    deliver_all(world, sender)
+
+    by_change: dict[str, list[dict[str, str]]] = {}
+    for headers, _ in received:
+        by_change.setdefault(headers["X-Gitlab-Event-UUID"], []).append(headers)
+    assert len(by_change) == 4  # created, pending, running, success: one event each
+    for posts in by_change.values():
+        assert len(posts) == 4  # each of the two hooks, each delivered twice
+        assert sorted(h["X-Gitlab-Webhook-UUID"] for h in posts) == sorted(2 * [h.uuid for h in hooks])
+        assert {h["X-Gitlab-Event"] for h in posts} == {"Pipeline Hook"}
+        keys = {h["X-Gitlab-Webhook-UUID"]: h.get("Idempotency-Key") for h in posts}
+        if idempotency_key:  # one per hook and change, the same when that delivery is repeated
+            per_hook = {(h["X-Gitlab-Webhook-UUID"], h["Idempotency-Key"]) for h in posts}
+            assert len(per_hook) == 2 and len(set(keys.values())) == 2
+            assert not set(keys.values()) & set(by_change)
+        else:
+            assert set(keys.values()) == {None}
+    assert hooks[0].uuid != hooks[1].uuid

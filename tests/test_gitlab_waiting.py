@@ -95,7 +95,7 @@ TOKENS = {"GITLAB_API_TOKEN": "standin-token", "DEPLOYER_TRIGGER_TOKEN": "deploy
 
 @contextmanager
 def rig(faults: HookFaults = ON_TIME, *, secret_at_gitlab: str = SECRET,
-        scripts: dict[str, Script] | None = None) -> Iterator[Rig]:
+        scripts: dict[str, Script] | None = None, idempotency_key: bool = True) -> Iterator[Rig]:
     clock = SharedVirtualClock()
     world = World(clock=clock)
     for environment, script in (scripts or {}).items():
@@ -112,7 +112,7 @@ def rig(faults: HookFaults = ON_TIME, *, secret_at_gitlab: str = SECRET,
         base = create(settings, TOKENS)
         hooks = watch(base.deployer, base.packages, GitLabSettings.from_mapping(settings), runner_clock,
                       secret=SECRET, listen="127.0.0.1:0")
-        sender = HookSender(world, faults=faults, base_url=standin.url)
+        sender = HookSender(world, faults=faults, base_url=standin.url, idempotency_key=idempotency_key)
         for project in (DEPLOYER, CNG, OMNIBUS):
             sender.add_hook(project, hooks.receiver.url, secret_at_gitlab)
         sender.start()
@@ -258,6 +258,22 @@ def test_repeated_and_out_of_order_hooks_are_harmless() -> None:
         assert overtaken, "the fault plan should have delivered some hooks out of order"
         # Lateness shows in the timing, never in the outcome: at most one late hook's worth.
         assert gap(r, "gstg", "gprd-cny") <= 1.0 + 4.0 + 90.0
+
+
+def test_without_idempotency_keys_repeats_are_dropped_and_each_hook_counts() -> None:
+    """As from GitLab before 17.4: every delivery twice, and a second hook on the deployer (say, a
+    group hook) whose posts share each event's X-Gitlab-Event-UUID with the first hook's."""
+    with rig(HookFaults(latency_s=1.0, duplicate=1.0), idempotency_key=False) as r:
+        r.sender.add_hook(DEPLOYER, r.hooks.receiver.url, SECRET)
+        _, result = r.run(RunnerConfig(auto_promote="test", wait_policy=HOURLY))
+        assert result.stop is Stop.DONE
+        r.sender.stop()  # no post under way while the two sides are counted
+        deliveries = r.sender.deliveries()
+        stats = r.hooks.receiver.stats
+        # Each hook's first post of a change is taken, its repeat dropped; no hook hides another.
+        assert stats.accepted == sum(d.copy == 0 for d in deliveries) > 0
+        assert stats.duplicates == sum(d.copy == 1 for d in deliveries) > 0
+        assert gap(r, "gstg", "gprd-cny") == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_failed_pipeline_retried_by_a_human_moves_the_rollout_on_by_its_hooks() -> None:

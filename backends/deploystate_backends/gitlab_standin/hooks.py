@@ -1,10 +1,16 @@
 """Pipeline webhooks from the stand-in, as GitLab sends them, with the faults GitLab's have.
 
 GitLab posts a *Pipeline Hook* to each project hook's URL whenever a pipeline is created or its
-status changes: headers ``X-Gitlab-Event: Pipeline Hook``, the hook's secret in
-``X-Gitlab-Token``, an ``Idempotency-Key`` that stays the same when a delivery is repeated; body
-``object_kind: pipeline`` with ``object_attributes`` and ``project``.  Real deliveries come from
-a queue, so they may be late, repeated, out of order or lost; :class:`HookFaults` injects each.
+status changes.  Headers: ``X-Gitlab-Event: Pipeline Hook``, the hook's secret in
+``X-Gitlab-Token``, the hook's own ``X-Gitlab-Webhook-UUID`` (the same on every post of that
+hook), the event's ``X-Gitlab-Event-UUID`` (one per change, shared by every hook the change
+fires, and by hooks fired recursively from it), and an ``Idempotency-Key`` per hook and change
+that stays the same when that delivery is repeated (``idempotency_key=False``: none, as older
+GitLab versions send).  The body is what GitLab's ``Gitlab::DataBuilder::Pipeline`` builds:
+``object_attributes`` (with ``protected_ref``), ``merge_request``, ``user``, ``project``,
+``commit``, the latest ``builds`` (trigger jobs are not builds) and, for a pipeline started by
+another pipeline's trigger job, ``source_pipeline``.  Real deliveries come from a queue, so they
+may be late, repeated, out of order or lost; :class:`HookFaults` injects each.
 
 The world changes only when someone looks at it, so a sender thread sleeps on the world's clock
 until the next scheduled change (``World.next_change_at()``), settles the world, and posts what
@@ -29,12 +35,14 @@ import requests
 from deploystate_backends.gitlab_standin.clock import VirtualClock
 from deploystate_backends.gitlab_standin.shared_clock import Member, SharedVirtualClock
 from deploystate_backends.gitlab_standin.specs import ProjectSpec
-from deploystate_backends.gitlab_standin.world import Pipeline, World
+from deploystate_backends.gitlab_standin.world import Job, Pipeline, World
 
 logger = logging.getLogger("deploystate_backends.gitlab_standin.hooks")
 
 EVENT = "Pipeline Hook"
-_DETAILED = {"success": "passed", "waiting_for_callback": "waiting", "manual": "manual action"}
+# detailed_status is the label of the pipeline's detailed status (Gitlab::Ci::Status::*).
+_DETAILED = {"success": "passed", "waiting_for_callback": "waiting", "manual": "waiting for manual action",
+             "scheduled": "waiting for delayed job"}
 
 
 def hook_timestamp(seconds: float | None) -> str | None:
@@ -43,6 +51,11 @@ def hook_timestamp(seconds: float | None) -> str | None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def commit_timestamp(seconds: float) -> str:
+    """A commit's time in a payload is ISO 8601 (Ruby's ``xmlschema``): ``2016-08-12T17:23:21+02:00``."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _probability(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -70,11 +83,12 @@ class HookFaults:
 
 @attrs.frozen
 class Hook:
-    """A project hook: where to post, and the secret token GitLab sends along."""
+    """A project hook: where to post, the secret token GitLab sends along, and its UUID."""
 
     project_id: int
     url: str
     secret: str = attrs.field(repr=False)
+    uuid: str = ""
 
 
 @attrs.frozen
@@ -90,6 +104,8 @@ class Delivery:
     copy: int  # 0 for the first post of a change, 1 for a duplicate
     sent_at: float | None = None
     answer: int | None = None
+    event_uuid: str = ""  # X-Gitlab-Event-UUID: the change's, shared by every hook it fires
+    hook_uuid: str = ""  # X-Gitlab-Webhook-UUID: the hook's
 
 
 @attrs.define
@@ -103,12 +119,14 @@ class HookSender:
     """Posts Pipeline Hooks for ``world``'s changes to the hooks added with ``add_hook``."""
 
     def __init__(self, world: World, *, faults: HookFaults | None = None, base_url: str = "http://gitlab.example",
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, idempotency_key: bool = True) -> None:
         self.world = world
         self.faults = faults or HookFaults()
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.idempotency_key = idempotency_key
         self._random = random.Random(self.faults.seed)
+        self._ids = random.Random(f"uuids-{self.faults.seed}")  # apart, so faults draw as before
         self._lock = threading.Lock()
         self._hooks: list[Hook] = []
         self._planned: list[_Planned] = []
@@ -128,10 +146,13 @@ class HookSender:
         if spec is None:
             raise KeyError(f"no project {project!r} in the stand-in; add the hook to one of "
                            f"{', '.join(p.path for p in self.world.projects())}")
-        hook = Hook(spec.id, url, secret)
         with self._lock:
+            hook = Hook(spec.id, url, secret, self._uuid())
             self._hooks.append(hook)
         return hook
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
 
     # -- what happened ----------------------------------------------------------------------
     def deliveries(self) -> list[Delivery]:
@@ -156,6 +177,7 @@ class HookSender:
                 return
             body = json.dumps(self._payload(pipeline)).encode()
             faults, rng = self.faults, self._random
+            event_uuid = self._uuid()
             for hook in hooks:
                 if rng.random() < faults.drop:
                     self._dropped += 1
@@ -167,15 +189,18 @@ class HookSender:
                 copies = 2 if rng.random() < faults.duplicate else 1
                 for copy in range(copies):
                     delivery = Delivery(key, pipeline.id, pipeline.project_id, pipeline.status, at,
-                                        due + copy * faults.jitter_s, copy)
+                                        due + copy * faults.jitter_s, copy, event_uuid=event_uuid,
+                                        hook_uuid=hook.uuid)
                     self._planned.append(_Planned(delivery, hook, body))
         self._wake()
 
     def _payload(self, pipeline: Pipeline) -> dict[str, Any]:
+        """The body GitLab's ``Gitlab::DataBuilder::Pipeline.build`` makes (its field order, too)."""
         spec = self.world.project(pipeline.project_id)
         assert spec is not None
-        stages = list(dict.fromkeys(j.stage for j in pipeline.latest_jobs()))
-        return {
+        latest = pipeline.latest_jobs()
+        stages = list(dict.fromkeys(j.stage for j in latest))
+        payload: dict[str, Any] = {
             "object_kind": "pipeline",
             "object_attributes": {
                 "id": pipeline.id, "iid": pipeline.iid, "name": pipeline.name, "ref": pipeline.ref,
@@ -185,26 +210,61 @@ class HookSender:
                 "created_at": hook_timestamp(pipeline.created_at),
                 "finished_at": hook_timestamp(pipeline.finished_at),
                 "duration": pipeline.duration, "queued_duration": pipeline.queued_duration,
+                # The stand-in protects each project's default branch and every tag.
+                "protected_ref": pipeline.tag or pipeline.ref == spec.default_branch,
                 "variables": [{"key": v.key, "value": v.value} for v in pipeline.variables
                               if v.variable_type == "env_var"],
                 "url": f"{self.base_url}/{spec.path}/-/pipelines/{pipeline.id}",
             },
-            "merge_request": None,
-            "user": {"id": 1, "name": pipeline.user.replace("-", " ").title(), "username": pipeline.user,
-                     "avatar_url": None, "email": "[REDACTED]"},
+            "merge_request": None,  # only pipelines of a merge request have one
+            "user": self._user(pipeline.user),
             "project": {
                 "id": spec.id, "name": spec.name, "description": spec.description,
                 "web_url": f"{self.base_url}/{spec.path}", "avatar_url": None,
                 "git_ssh_url": f"git@gitlab.example:{spec.path}.git",
                 "git_http_url": f"{self.base_url}/{spec.path}.git", "namespace": spec.namespace,
                 "visibility_level": 0, "path_with_namespace": spec.path,
-                "default_branch": spec.default_branch,
+                "default_branch": spec.default_branch, "ci_config_path": None,
             },
-            "commit": {"id": pipeline.sha, "message": f"Update {pipeline.ref}",
-                       "title": f"Update {pipeline.ref}", "timestamp": hook_timestamp(pipeline.created_at),
-                       "url": None,
+            "commit": {"id": pipeline.sha, "message": f"Update {pipeline.ref}\n",
+                       "title": f"Update {pipeline.ref}", "timestamp": commit_timestamp(pipeline.created_at),
+                       "url": f"{self.base_url}/{spec.path}/-/commit/{pipeline.sha}",
                        "author": {"name": "Release Tools Bot", "email": "[REDACTED]"}},
-            "builds": [],
+            # The latest builds: trigger jobs (bridges) are not builds and are left out.
+            "builds": [self._build(job, pipeline) for job in latest if not job.is_bridge],
+        }
+        if pipeline.upstream_bridge_id is not None:
+            bridge = self.world.peek_job(pipeline.upstream_bridge_id)
+            upstream = self.world.project(bridge.project_id) if bridge is not None else None
+            if bridge is not None and upstream is not None:
+                payload["source_pipeline"] = {
+                    "project": {"id": upstream.id, "web_url": f"{self.base_url}/{upstream.path}",
+                                "path_with_namespace": upstream.path},
+                    "job_id": bridge.id, "pipeline_id": bridge.pipeline_id,
+                }
+        return payload
+
+    def _user(self, username: str) -> dict[str, Any]:
+        return {"id": 1, "name": username.replace("-", " ").title(), "username": username,
+                "avatar_url": f"{self.base_url}/uploads/-/system/user/avatar/1/avatar.png",
+                "email": "[REDACTED]"}
+
+    def _build(self, job: Job, pipeline: Pipeline) -> dict[str, Any]:
+        """One job as ``build_hook_attrs`` shows it."""
+        duration = None
+        if job.started_at is not None:
+            duration = (job.finished_at if job.finished_at is not None else job.updated_at) - job.started_at
+        queued = None
+        if job.queued_at is not None and job.started_at is not None:
+            queued = job.started_at - job.queued_at
+        return {
+            "id": job.id, "stage": job.stage, "name": job.name, "status": job.status,
+            "created_at": hook_timestamp(job.created_at), "started_at": hook_timestamp(job.started_at),
+            "finished_at": hook_timestamp(job.finished_at), "duration": duration, "queued_duration": queued,
+            "failure_reason": job.failure_reason if job.status == "failed" else None,
+            "when": job.when, "manual": job.when in ("manual", "delayed"), "allow_failure": job.allow_failure,
+            "user": self._user(pipeline.user), "runner": None,
+            "artifacts_file": {"filename": None, "size": None}, "environment": None,
         }
 
     # -- delivering --------------------------------------------------------------------------
@@ -232,13 +292,15 @@ class HookSender:
         delivery = planned.delivery
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "GitLab/17.0.0-standin",
+            "User-Agent": "GitLab/17.4.0-standin" if self.idempotency_key else "GitLab/17.3.0-standin",
             "X-Gitlab-Event": EVENT,
-            "X-Gitlab-Token": planned.hook.secret,
-            "X-Gitlab-Event-UUID": delivery.key,
+            "X-Gitlab-Webhook-UUID": delivery.hook_uuid,
             "X-Gitlab-Instance": self.base_url,
-            "Idempotency-Key": delivery.key,
+            "X-Gitlab-Event-UUID": delivery.event_uuid,
+            "X-Gitlab-Token": planned.hook.secret,
         }
+        if self.idempotency_key:
+            headers["Idempotency-Key"] = delivery.key
         try:
             answer = self._session.post(planned.hook.url, data=planned.body, headers=headers,
                                         timeout=self.timeout_s).status_code

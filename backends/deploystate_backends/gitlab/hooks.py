@@ -116,7 +116,7 @@ def delivery_key(headers: Any) -> str | None:
 
 
 class _Server(ThreadingHTTPServer):
-    """At most ``slots`` connections at once, each in its own thread; more are turned away at the
+    """At most ``max_connections`` at once, each in its own thread; more are turned away at the
     door with a 503, without a thread.  Errors of a connection are logged in one line, never as a
     traceback on stderr (socketserver's default)."""
 
@@ -181,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (OSError, ValueError) as error:  # hung up, reset, or too slow (TimeoutError)
+        except (OSError, ValueError, EOFError) as error:  # hung up, reset, cut short, or too slow
             self.close_connection = True
             self.say(logging.DEBUG, "connection from %s ended early (%s)", self.client, type(error).__name__)
 
@@ -218,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._on_hook_path():
             self._answer(405, {"message": "405 Method Not Allowed: send Pipeline Hooks with POST"})
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+    do_PUT = do_DELETE = do_PATCH = do_GET
 
     def _body(self) -> bytes:
         """The body, as sent with Content-Length or in chunks; _BodyError says what is wrong."""

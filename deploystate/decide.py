@@ -142,6 +142,7 @@ class _Decider:
         self.outside = outside
         self.config = config
         self.now = outside.now
+        self.active = view.active
         self.entries: list[Entry] = []
         self.calls: list[Call] = []
         self.wake: list[float] = []
@@ -175,17 +176,20 @@ class _Decider:
     # -- one step -------------------------------------------------------------------------
     def _step(self, step: Step) -> None:
         state = self.view.steps[step.name]
+        phase = state.phase
+        if phase is Phase.PENDING or phase is Phase.SUCCEEDED:
+            return  # started (or not) by the rollout as a whole
         seen = self.outside.seen.get(step.name)
         if seen is not None and seen.call.attempt != state.attempt:
             seen = None  # an answer for an attempt that is over
-        if state.phase is Phase.RUNNING and step.targets and state.deployment_id is None:
+        if phase is Phase.RUNNING and step.targets and state.deployment_id is None:
             # Even an ended rollout keeps a trigger the deployer accepted: it happened.
             self._trigger(step, state, seen)
-        elif not self.view.active:
+        elif not self.active:
             return
-        elif state.phase is Phase.RUNNING:
+        elif phase is Phase.RUNNING:
             self._running(step, state, seen)
-        elif state.phase is Phase.FAILED:
+        else:
             self._failed(step, state, seen)
 
     def _start(self, step: Step) -> None:
@@ -274,8 +278,10 @@ class _Decider:
                 where = f"pipeline {extra['deployment_id']}" if "deployment_id" in extra else "its build"
                 self.entries.append(self._entry(Action.OBSERVED, step.name, {
                     "status": status, "severity": "warning",
-                    "message": f"blocked on a {status} job in {where}; a person must play it. Still "
-                               f"waiting, within the limit of {int(limit // 60)} min"}))
+                    "message": f"blocked on a {status} job in {where}; "
+                               + ("it starts at its scheduled time" if status == "scheduled"
+                                  else "a person must play it")
+                               + f". Still waiting, within the limit of {int(limit // 60)} min"}))
             self.wake.append(self._next_poll(step, state, limit))
 
     def _next_poll(self, step: Step, state: StepState, limit: float) -> float:
@@ -311,7 +317,7 @@ class _Decider:
                     data["web_url"] = deployment.web_url
                 self.entries.append(self._entry(Action.TRIGGERED, step.name, data))
                 return
-            if not self.view.active:
+            if not self.active:
                 return
             if seen.error is None:  # looked up: nobody triggered it
                 self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
@@ -329,7 +335,7 @@ class _Decider:
                 return
             self._trouble(step, state, seen)  # the look-up itself failed: look again later
             return
-        if not self.view.active:
+        if not self.active:
             return
         doubt_ends = (state.doubt_since or 0.0) + self.config.trigger_doubt_s
         if state.doubt_since is not None and self.now < doubt_ends:

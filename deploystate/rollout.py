@@ -16,7 +16,7 @@ import json
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -87,11 +87,16 @@ class RolloutView:
     steps: Mapping[str, StepState]
     ended_at: float | None = None
     abort_reason: str | None = None
-    standing: Standing = attrs.field(init=False)
+    _standing: Standing | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
-    def __attrs_post_init__(self) -> None:
-        standing = standing_of(self.status, self.spec, self.steps, self.abort_reason)
-        object.__setattr__(self, "standing", standing)
+    @property
+    def standing(self) -> Standing:
+        """Where the rollout stands: computed once per view, when first asked."""
+        if self._standing is None:
+            object.__setattr__(self, "_standing", standing_of(self.status, self.spec, self.steps,
+                                                              self.abort_reason))
+        assert self._standing is not None
+        return self._standing
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -139,13 +144,13 @@ class RolloutView:
     # -- changing ---------------------------------------------------------------------------
     def applied(self, records: Iterable[Record]) -> RolloutView:
         """The view after ``records`` (which must follow this view's last record)."""
-        view = self
+        replay = _Replay(self)
         for record in records:
-            if record.seq != view.seq + 1:
-                raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} does not follow "
-                                     f"record {view.seq}")
-            view = _apply(view, record)
-        return view
+            if record.seq != replay.seq + 1:
+                raise JournalCorrupt(f"rollout {self.rollout_id}: record {record.seq} does not follow "
+                                     f"record {replay.seq}")
+            replay.apply(record)
+        return replay.result()
 
     def with_entries(self, entries: Sequence[Entry]) -> tuple[RolloutView, list[Record]]:
         """The view after ``entries`` were appended, and the records they would become.
@@ -154,10 +159,10 @@ class RolloutView:
         """
         records = [Record(self.rollout_id, self.seq + i + 1, e.action, e.at, e.actor, e.step, dict(e.data))
                    for i, e in enumerate(entries)]
-        view = self
+        replay = _Replay(self)
         for record in records:
-            view = _apply(view, record, refuse=True)
-        return view, records
+            replay.apply(record, refuse=True)
+        return replay.result(), records
 
 
 def summary_of(view: RolloutView) -> dict[str, Any]:
@@ -242,70 +247,86 @@ def _frozen(state: str | list[str]) -> State:
     return tuple(state) if isinstance(state, list) else state
 
 
-def _fire(view: RolloutView, action: Action, step: str | None, data: Mapping[str, Any]) -> State:
-    scratch = _scratch(view.machine)
-    with scratch.lock:
-        model = scratch.model
-        model.state = list(view.state) if isinstance(view.state, tuple) else view.state
-        view.machine.fire(model, action, step, **data)
-        return _frozen(model.state)
+class _Replay:
+    """Applies records to a view: steps change as plain dicts, frozen once at the end (a frozen
+    copy per record made replaying a journal cost several times as much)."""
 
+    def __init__(self, view: RolloutView) -> None:
+        self.view = view
+        self.state: State = view.state
+        self.seq = view.seq
+        self.last = view.last
+        self.ended_at = view.ended_at
+        self.abort_reason = view.abort_reason
+        self.changed: dict[str, dict[str, Any]] = {}
 
-def _apply(view: RolloutView, record: Record, *, refuse: bool = False) -> RolloutView:
-    try:
-        action = Action(record.action)
-    except ValueError:
-        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} has unknown action "
-                             f"{record.action!r}; it was written by a newer deploystate?") from None
-    changes: dict[str, Any] = {"seq": record.seq, "last": record}
-    if action.is_event:
+    def result(self) -> RolloutView:
+        view = self.view
+        if self.seq == view.seq:
+            return view
+        steps = dict(view.steps)
+        for name, fields in self.changed.items():
+            steps[name] = StepState(**fields)
+        return _replace(view, state=self.state, seq=self.seq, last=self.last, ended_at=self.ended_at,
+                        abort_reason=self.abort_reason, steps=steps)
+
+    def apply(self, record: Record, *, refuse: bool = False) -> None:
+        rid = self.view.rollout_id
         try:
-            state = _fire(view, action, record.step, record.data)
-        except EventRefused:
-            if refuse:
-                raise
-            raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} ({action} "
-                                 f"{record.step or ''}) cannot be replayed: the machine refuses it") from None
-        except TypeError as error:
-            raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} has bad data "
-                                 f"({error})") from None
-        changes["state"] = state
-        if record.step is None:
-            changes["ended_at"] = record.at
-            if action is Action.ABORT:
-                changes["abort_reason"] = str(record.data.get("reason"))
-        else:
-            changes["steps"] = _with_step(view, record, _step_after_event(view, record, action, state))
-    elif action is Action.CREATED:
-        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} is a second 'created'")
-    elif record.step is not None:
-        step = _step(view, record)
-        if action is Action.TRIGGERED:
-            step = attrs.evolve(step, deployment_id=str(record.data.get("deployment_id")),
-                                web_url=record.data.get("web_url"), triggers=step.triggers + 1,
-                                doubt_since=None)
-        elif action is Action.CANCELED:
-            step = attrs.evolve(step, last_status=record.data.get("status"))
-        else:  # observed
-            step = attrs.evolve(step, last_status=record.data.get("status"),
-                                doubt_since=record.at if record.data.get("trigger_in_doubt")
-                                else step.doubt_since)
-        changes["steps"] = _with_step(view, record, step)
-    return attrs.evolve(view, **changes)
+            action = Action(record.action)
+        except ValueError:
+            raise JournalCorrupt(f"rollout {rid}: record {record.seq} has unknown action "
+                                 f"{record.action!r}; it was written by a newer deploystate?") from None
+        data = record.data
+        if action.is_event:
+            try:
+                self.state = self._fire(action, record.step, data)
+            except EventRefused:
+                if refuse:
+                    raise
+                raise JournalCorrupt(f"rollout {rid}: record {record.seq} ({action} {record.step or ''}) "
+                                     "cannot be replayed: the machine refuses it") from None
+            except TypeError as error:
+                raise JournalCorrupt(f"rollout {rid}: record {record.seq} has bad data ({error})") from None
+            if record.step is None:
+                self.ended_at = record.at
+                if action is Action.ABORT:
+                    self.abort_reason = str(data.get("reason"))
+            else:
+                _after_event(self._step(record), record, action, _phase_in(self.state, record.step))
+        elif action is Action.CREATED:
+            raise JournalCorrupt(f"rollout {rid}: record {record.seq} is a second 'created'")
+        elif record.step is not None:
+            step = self._step(record)
+            if action is Action.TRIGGERED:
+                step.update(deployment_id=str(data.get("deployment_id")), web_url=data.get("web_url"),
+                            triggers=step["triggers"] + 1, doubt_since=None)
+            else:  # canceled, observed
+                step["last_status"] = data.get("status")
+                if data.get("trigger_in_doubt"):
+                    step["doubt_since"] = record.at
+        self.seq = record.seq
+        self.last = record
 
+    def _step(self, record: Record) -> dict[str, Any]:
+        name = record.step or ""
+        fields = self.changed.get(name)
+        if fields is None:
+            found = self.view.steps.get(name)
+            if found is None:
+                raise JournalCorrupt(f"rollout {self.view.rollout_id}: record {record.seq} names unknown "
+                                     f"step {record.step!r}")
+            fields = self.changed[name] = {n: getattr(found, n) for n in _fields(StepState)}
+        return fields
 
-def _step(view: RolloutView, record: Record) -> StepState:
-    found = view.steps.get(record.step or "")
-    if found is None:
-        raise JournalCorrupt(f"rollout {view.rollout_id}: record {record.seq} names unknown step "
-                             f"{record.step!r}")
-    return found
-
-
-def _with_step(view: RolloutView, record: Record, step: StepState) -> dict[str, StepState]:
-    steps = dict(view.steps)
-    steps[step.name] = step
-    return steps
+    def _fire(self, action: Action, step: str | None, data: Mapping[str, Any]) -> State:
+        machine = self.view.machine
+        scratch = _scratch(machine)
+        with scratch.lock:
+            model = scratch.model
+            model.state = list(self.state) if isinstance(self.state, tuple) else self.state
+            machine.fire(model, action, step, **data)
+            return _frozen(model.state)
 
 
 def _phase_in(state: State, name: str) -> Phase:
@@ -317,32 +338,29 @@ def _phase_in(state: State, name: str) -> Phase:
     raise JournalCorrupt(f"step {name!r} has no phase in machine state {state!r}")
 
 
-def _step_after_event(view: RolloutView, record: Record, action: Action, state: State) -> StepState:
-    step = _step(view, record)
+def _after_event(step: dict[str, Any], record: Record, action: Action, phase: Phase) -> None:
+    """Change ``step`` (its fields) for an event of the machine on it."""
     data = record.data
-    phase = _phase_in(state, step.name)
+    step["phase"] = phase
     if action is Action.START:
         key = data.get("key")
-        return attrs.evolve(
-            step, phase=phase, attempt=step.attempt + 1, key=key,
-            keys=(*step.keys, str(key)) if key else step.keys, ref=data.get("ref"),
-            check_mode=data.get("check_mode"), environments=tuple(data.get("environments", ())),
-            deployment_id=None, web_url=None,
-            first_started_at=step.first_started_at if step.first_started_at is not None else record.at,
+        step.update(
+            attempt=step["attempt"] + 1, key=key, keys=(*step["keys"], str(key)) if key else step["keys"],
+            ref=data.get("ref"), check_mode=data.get("check_mode"),
+            environments=tuple(data.get("environments", ())), deployment_id=None, web_url=None,
+            first_started_at=record.at if step["first_started_at"] is None else step["first_started_at"],
             started_at=record.at, timed_from=_number(data.get("from"), record.at), ended_at=None,
             failed_at=None, finished_at=None, last_status=None, reason=None, doubt_since=None,
             timed_out=False)
-    if action in (Action.SUCCEED, Action.SKIP):
-        return attrs.evolve(step, phase=phase, ended_at=record.at, reason=data.get("reason"),
-                            closed_by=data.get("by"), closing=action,
-                            finished_at=_number(data.get("finished_at"), None))
-    if action is Action.FAIL:
-        return attrs.evolve(step, phase=phase, failed_at=record.at, reason=data.get("reason"),
-                            timed_out=bool(data.get("timed_out")), closing=action,
-                            finished_at=_number(data.get("finished_at"), None))
-    if action is Action.RESUME:
-        return attrs.evolve(step, phase=phase, failed_at=None, reason=None, timed_out=False, closing=None)
-    return attrs.evolve(step, phase=phase)  # retry: pending again, its history kept
+    elif action in (Action.SUCCEED, Action.SKIP):
+        step.update(ended_at=record.at, reason=data.get("reason"), closed_by=data.get("by"), closing=action,
+                    finished_at=_number(data.get("finished_at"), None))
+    elif action is Action.FAIL:
+        step.update(failed_at=record.at, reason=data.get("reason"), timed_out=bool(data.get("timed_out")),
+                    closing=action, finished_at=_number(data.get("finished_at"), None))
+    elif action is Action.RESUME:
+        step.update(failed_at=None, reason=None, timed_out=False, closing=None)
+    # retry: pending again, its history kept
 
 
 def _number(value: object, default: float | None) -> float | None:
@@ -364,3 +382,25 @@ def listing(store: Store, machines: Machines = MACHINES) -> list[dict[str, Any]]
         else:
             rows.append(summary_of(rebuild(store.read(rollout_id), machines)))
     return sorted(rows, key=lambda row: (row["created_at"], row["rollout"]))
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_Value = TypeVar("_Value", "RolloutView", "StepState")
+
+
+def _fields(kind: type) -> tuple[str, ...]:
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(f.name for f in attrs.fields(kind) if f.init)
+    return names
+
+
+def _replace(value: _Value, **changes: Any) -> _Value:
+    """``attrs.evolve`` without its checks (these classes have no validators)."""
+    kind = type(value)
+    made = object.__new__(kind)
+    for name in _fields(kind):
+        object.__setattr__(made, name, changes[name] if name in changes else getattr(value, name))
+    if kind is RolloutView:
+        object.__setattr__(made, "_standing", None)  # worked out again when asked
+    return made

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -68,6 +68,7 @@ class Runner:
         # process there.  Does nothing by default.
         self.checkpoint = checkpoint or (lambda name: None)
         self.api_calls = 0
+        self._capabilities: dict[tuple[int, type], tuple[object, bool]] = {}
 
     @property
     def clock(self) -> Any:
@@ -250,7 +251,7 @@ class Runner:
         """
         view = self._ours(self.view(rollout_id)) if view is None else self._caught_up(view)
         seen: dict[str, Seen] = {}
-        hinted = isinstance(self.backends.deployer, Hints)
+        hinted = self._hints() is not None
         for _ in range(len(view.spec.steps) * 8 + 8):
             outside = Outside(now=self.clock.now(), seen=dict(seen), hinted=hinted)
             decision = (decide(view, outside, self.config) if step is None
@@ -282,9 +283,20 @@ class Runner:
             view = self._caught_up(view)
         return view, Decision(wake_at=self.clock.now())  # a long pass: look again at once
 
-    def _with_hint(self, wake_at: float | None) -> float | None:
+    # Checking a runtime protocol costs several microseconds; the backends rarely change.
+    def _hints(self) -> Hints | None:
         deployer = self.backends.deployer
-        if isinstance(deployer, Hints):
+        return cast(Hints, deployer) if self._is(deployer, Hints) else None
+
+    def _is(self, value: object, protocol: type) -> bool:
+        known = self._capabilities.get((id(value), protocol))
+        if known is None or known[0] is not value:
+            known = self._capabilities[(id(value), protocol)] = (value, isinstance(value, protocol))
+        return known[1]
+
+    def _with_hint(self, wake_at: float | None) -> float | None:
+        deployer = self._hints()
+        if deployer is not None:
             at = deployer.next_change_at()
             if at is not None and at > self.clock.now():
                 return at if wake_at is None else min(at, wake_at)
@@ -299,7 +311,7 @@ class Runner:
         clock = self.backends.clock
         now = clock.now()
         seconds = max(0.0, wake_at - now) if wake_at is not None else self.config.wait_policy.max_interval_s
-        if not isinstance(clock, Wakeable) or seconds <= JOURNAL_WATCH_S:
+        if seconds <= JOURNAL_WATCH_S or not self._is(clock, Wakeable):
             clock.sleep(seconds)
             return
         done = threading.Event()
@@ -311,7 +323,7 @@ class Runner:
                 except Exception:  # the sleeper reads the journal itself when it wakes
                     changed = True
                 if changed:
-                    clock.wake()
+                    cast(Wakeable, clock).wake()
                     return
 
         watcher = threading.Thread(target=watch, name=f"journal-watch {view.rollout_id}", daemon=True)

@@ -10,11 +10,24 @@ command's arguments and imports neither the rollout model nor a backend, and run
 declares only its own arguments.  Imports that type hints need stay under ``TYPE_CHECKING``.
 
 Exit codes: 0 when the command did what was asked (for ``simulate`` and ``run``: the rollout is
-done); 1 when a rollout stopped short (failed, waiting for a human, aborted); 2 for bad input
-(and for ``check-store``: problems found).  Every :class:`~deploystate.errors.DeploystateError`
-(a user's mistake, or something the user can act on) ends as one line
-``deploystate: error: <message>`` on stderr and exit code 2; anything else is a bug and keeps
-its traceback.
+done); 1 when a rollout stopped short (failed, waiting for a human, aborted); 2 for bad input or a
+refusal (and for ``check-store``: problems found); 3 for an internal error (a bug); 130 when
+interrupted (Ctrl-C, or SIGTERM where a command turns it into one).  Every failure is one line on
+stderr and never a traceback, unless ``--debug`` is given (before the command, or among a core
+command's options), which prints the traceback first:
+
+- a :class:`~deploystate.errors.DeploystateError` (a user's mistake, or something the user can act
+  on): ``deploystate: error: <message>``, exit 2;
+- an ``OSError`` about a file or path (the config, the journal, its log, the output: disk full,
+  permission denied, a folder where a file belongs...) or about the machine's resources:
+  ``deploystate: error: <path>: <reason> (<ERRNO>)``, exit 2;
+- anything else: ``deploystate: internal error: <type>: <message> (run again with --debug for the
+  traceback; please report it)``, exit 3.  Scripts read 1 as "a person is needed"; a bug must
+  never look like that.
+
+Whatever the command prints that came from a user (names, reasons, paths, spec names) is shown
+:func:`~deploystate.report.printable`: a line break or an escape code is written as ``\\n`` or
+``\\x1b``, never sent to the terminal.  The journal and ``--json`` keep such text exactly.
 
 Rollout commands read ``deploystate.toml`` (or ``--config``) and the environment first and
 refuse to start on a bad setting; ``--store`` overrides the configured journal.  Commands that
@@ -30,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
@@ -53,6 +68,9 @@ PROG = "deploystate"
 EXIT_OK = 0
 EXIT_STOPPED = 1  # a rollout stopped short of done: failed, waiting for a human, or aborted
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 3  # a bug: scripts must not read it as "waiting for a human" (1)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+DEBUG_FLAG = "--debug"
 
 
 class UsageError(DeploystateError):
@@ -75,12 +93,39 @@ def _version() -> str:
         return "unknown"
 
 
+class OutputFailed(DeploystateError):
+    """stdout cannot be written (a full disk under ``> file``, ...): said once, on stderr."""
+
+
 def _out(text: str) -> None:
-    sys.stdout.write(text)
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(f"cannot write the output: {_reason(error)}") from None
+
+
+def _flush() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(f"cannot write the output: {_reason(error)}") from None
+
+
+def _shown(text: str) -> str:
+    """User-given text as it may be printed (see :func:`deploystate.report.printable`)."""
+    if text.isprintable():  # the usual case, without importing the report (and the machine)
+        return text
+    from deploystate.report import printable
+
+    return printable(text)
 
 
 def _note(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr)
+    print(_shown(f"{PROG}: {text}"), file=sys.stderr)
 
 
 def _builtin_specs() -> str:
@@ -142,10 +187,10 @@ def _write_diagrams(directory: Path) -> int:
             path = directory / name
             # Unchanged files are left alone so their timestamps say when the picture changed.
             if path.is_file() and path.read_bytes() == content:
-                _out(f"unchanged {path}\n")
+                _out(_shown(f"unchanged {path}") + "\n")
                 continue
             path.write_bytes(content)
-            _out(f"wrote {path}\n")
+            _out(_shown(f"wrote {path}") + "\n")
     except OSError as error:
         raise DeploystateError(f"cannot write diagrams into {directory}: {error.strerror or error}; "
                                "check that the directory is writable") from None
@@ -214,10 +259,14 @@ def _journal(path: Path, *, create: bool, log: bool = True) -> Iterator[SQLiteSt
     if not create and not path.exists():
         raise DeploystateError(f"no journal at {path}; start a rollout first ('deploystate start VERSION') "
                                "or point --store (or [deploystate] store) at an existing journal")
+    log_path = path.with_name(path.name + ".log")
+    # Refused before the journal is opened, so a new journal is not left behind.
+    if log and log_path.is_dir():
+        raise DeploystateError(f"{log_path} is a directory, not a file; deploystate writes the journal's "
+                               "structured log there: move that directory away")
     from deploystate.sqlite_store import SQLiteStore
 
-    with SQLiteStore(path) as store, \
-            _structured_log(path.with_name(path.name + ".log")) if log else contextlib.nullcontext():
+    with SQLiteStore(path) as store, _structured_log(log_path) if log else contextlib.nullcontext():
         yield store
 
 
@@ -228,7 +277,34 @@ def _structured_log(path: Path) -> Iterator[None]:
 
     from deploystate.notices import LOG
 
-    handler = logging.FileHandler(path, encoding="utf-8")
+    class LogFile(logging.FileHandler):
+        """Says once that the log cannot be written (a full disk), then stops: never a traceback
+        per notice, and never a stopped rollout (the journal is the record, the log a copy)."""
+
+        failed = False
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            self._failed(sys.exc_info()[1])
+            self.setLevel(logging.CRITICAL + 1)
+
+        def close(self) -> None:
+            try:
+                super().close()
+            except OSError as error:  # its last flush, on the same full disk
+                self._failed(error)
+
+        def _failed(self, error: BaseException | None) -> None:
+            if not self.failed:
+                self.failed = True
+                why = _reason(error) if isinstance(error, OSError) else _one_line(str(error))
+                _note(f"warning: cannot write the structured log {path}: {why}; the journal still "
+                      "records everything, the log has stopped")
+
+    try:
+        handler = LogFile(path, encoding="utf-8")
+    except OSError as error:
+        raise DeploystateError(f"cannot open the structured log {path}: {_reason(error)}; deploystate "
+                               "writes the journal's log there, beside the journal") from None
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.INFO)
     LOG.addHandler(handler)
@@ -282,8 +358,8 @@ def _recorded_strategy(view: RolloutView, current: Strategy, stream: TextIO) -> 
 
     recorded = Strategy.from_mapping(view.settings) if view.settings else current
     if recorded != current:
-        print(f"  keeps the plan it was created with: {recorded.describe()}\n"
-              f"  (the current settings would say: {current.describe()})", file=stream, flush=True)
+        print(_shown(f"  keeps the plan it was created with: {recorded.describe()}") + "\n" +
+              _shown(f"  (the current settings would say: {current.describe()})"), file=stream, flush=True)
     return recorded
 
 
@@ -301,8 +377,11 @@ class _Progress:
         self._stream = stream
 
     def notify(self, notice: Notice) -> None:
+        import attrs
+
         try:
-            self._lines.notify(notice)
+            # Messages quote names and reasons as given: shown escaped, never as terminal codes.
+            self._lines.notify(attrs.evolve(notice, message=_shown(notice.message)))
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())
@@ -334,7 +413,7 @@ def _next(view: RolloutView, options: str = "") -> str:
     from deploystate import report
 
     hints = report.next_steps(view, options)
-    return "next:\n" + "".join(f"  {hint}\n" for hint in hints) if hints else ""
+    return "next:\n" + "".join(f"  {_shown(hint)}\n" for hint in hints) if hints else ""
 
 
 def _checkpoint() -> Callable[[str], None] | None:
@@ -402,10 +481,10 @@ def _simulate(args: argparse.Namespace) -> int:
             runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
         else:
             # The same command again resumes a rollout (e.g. after its process was killed).
-            print(f"resuming rollout {version} from record {existing.seq} "
-                  f"({report.situation(existing)})", file=progress, flush=True)
+            print(_shown(f"resuming rollout {version} from record {existing.seq} "
+                         f"({report.situation(existing)})"), file=progress, flush=True)
             if args.spec is not None and spec != existing.spec:
-                print(f"  keeps the spec it was created with ({existing.spec.name}), not {args.spec}",
+                print(_shown(f"  keeps the spec it was created with ({existing.spec.name}), not {args.spec}"),
                       file=progress, flush=True)
             runner = _runner(store, backends, config,
                              strategy=_recorded_strategy(existing, strategy, progress),
@@ -428,7 +507,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 _out("\nThis simulation kept its journal in memory; to act on a stopped rollout "
                      "(retry, promote, abort), run it again with --store PATH.\n")
             else:
-                _out("\n" + _next(view, f" --store {store_path}"))
+                _out("\n" + _next(view, f" --store {_shown(str(store_path))}"))
         return _exit_code(result)
 
 
@@ -455,7 +534,7 @@ def _start(args: argparse.Namespace) -> int:
                                    f"'deploystate run {version}'")
         runner = _runner(store, backends, config, strategy=config.strategy)
         runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
-    _out(f"journal: {store_path}\nnext: deploystate run {version}\n")
+    _out(_shown(f"journal: {store_path}") + f"\nnext: deploystate run {version}\n")
     return EXIT_OK
 
 
@@ -475,15 +554,17 @@ def _run(args: argparse.Namespace) -> int:
             _open_backends(config.backend, _configured_settings(config, store_path)) as backends:
         version = backends.check_version(args.version)
         view = _read(store, version)
-        print(f"running rollout {version} from record {view.seq} ({report.situation(view)})", flush=True)
+        print(_shown(f"running rollout {version} from record {view.seq} ({report.situation(view)})"),
+              flush=True)
         strategy = _recorded_strategy(view, config.strategy, sys.stdout)
         runner = _runner(store, backends, config, strategy=strategy, origin=view.created_at,
                          checkpoint=checkpoint)
         result = runner.run(version)
     if result.stop is Stop.DONE:
-        _out(f"{result.message}\n")
+        _out(_shown(result.message) + "\n")
     else:
-        _out(f"rollout {version} stopped: {report.situation(result.view)}\n{_next(result.view)}")
+        stopped = _shown(f"rollout {version} stopped: {report.situation(result.view)}")
+        _out(f"{stopped}\n{_next(result.view)}")
     return _exit_code(result)
 
 
@@ -559,10 +640,10 @@ def _check_store(args: argparse.Namespace) -> int:
         if not problems:  # the file is sound: then every rollout must replay
             problems = _replay_problems(store)
     if problems:
-        _out(f"journal {path}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found\n"
-             + "".join(f"  {problem}\n" for problem in problems))
+        _out(_shown(f"journal {path}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found") + "\n"
+             + "".join(_shown(f"  {problem}") + "\n" for problem in problems))
         return EXIT_USER_ERROR
-    _out(f"journal {path}: no problems found\n")
+    _out(_shown(f"journal {path}: no problems found") + "\n")
     return EXIT_OK
 
 
@@ -595,9 +676,9 @@ def _operate(args: argparse.Namespace, act: Callable[[Runner, str], RolloutView]
         runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at)
         after = act(runner, version)
     if after.active:
-        _out(f"{done}; rollout {version} is now {report.situation(after)}\n{_next(after)}")
+        _out(_shown(f"{done}; rollout {version} is now {report.situation(after)}") + f"\n{_next(after)}")
     else:
-        _out(f"{done}; rollout {version} is {after.status}\n")
+        _out(_shown(f"{done}; rollout {version} is {after.status}") + "\n")
     return EXIT_OK
 
 
@@ -719,11 +800,16 @@ def build_parser(arguments_of: Sequence[str] | None = None) -> argparse.Argument
     """
     parser = _Parser(prog=PROG, description="Multi-environment rollouts as explicit state machines.")
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, print its traceback too (for a bug report)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if arguments_of is None or command.name in arguments_of:
             command.add_arguments(sub)
+        # Also after the command; SUPPRESS keeps a --debug given before it (argparse would reset it).
+        sub.add_argument(DEBUG_FLAG, action="store_true", default=argparse.SUPPRESS,
+                         help="on an error, print its traceback too")
         sub.set_defaults(run=command.run)
     if not (arguments_of and _CORE.issuperset(arguments_of)):
         from deploystate import commands
@@ -738,35 +824,102 @@ def _one_line(text: str) -> str:
 
 
 def _command_name(argv: Sequence[str]) -> str | None:
-    # The top level has only flags without values (--help, --version): the first word is the command.
+    # The top level has only flags without values (--help, --version, --debug): the first word is
+    # the command.
     return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _reason(error: OSError) -> str:
+    """``No space left on device (ENOSPC)``: what the system said, and the name scripts look up."""
+    name = errno.errorcode.get(error.errno) if error.errno is not None else None
+    text = error.strerror or str(error) or type(error).__name__
+    return f"{text} ({name})" if name else text
+
+
+# OSErrors that are about the user's machine rather than a bug of ours, even without a path:
+# a full disk or quota, permissions, a read-only file system, no such file, a port in use...
+_ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+    errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO,
+    errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+})
+
+
+def _os_error(error: OSError) -> tuple[int, str]:
+    if error.filename is not None:
+        where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        return EXIT_USER_ERROR, f"error: {where}: {_reason(error)}"
+    if error.errno in _ENVIRONMENT_ERRNOS:
+        return EXIT_USER_ERROR, f"error: {_reason(error)}"
+    return EXIT_INTERNAL, _internal(error)
+
+
+def _internal(error: BaseException) -> str:
+    said = _one_line(str(error))
+    return f"internal error: {type(error).__name__}" + (f": {said}" if said else "")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to silence
+        pass
+
+
+def _leading_debug(given: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` given before the command, and the arguments without it."""
+    count = 0
+    while count < len(given) and given[count] == DEBUG_FLAG:
+        count += 1
+    return count > 0, given[count:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code instead of exiting."""
+    debug, given = _leading_debug(list(sys.argv[1:] if argv is None else argv))
+    code: int
+    line: str
+    failure: BaseException
     try:
-        given = list(sys.argv[1:] if argv is None else argv)
         name = _command_name(given)
-        if name is not None and name not in _CORE and given[0] == name:
+        if name is not None and name not in _CORE and given[:1] == [name]:
             installed = _installed_commands().get(name)
             if installed is not None:
                 from deploystate import commands
 
-                code = commands.run(installed, given[1:], PROG)
-                sys.stdout.flush()
-                return code
+                ran = commands.run(installed, given[1:], PROG)
+                _flush()
+                return ran
         args = build_parser([name] if name is not None else []).parse_args(given)
-        ran: int = args.run(args)
-        sys.stdout.flush()
-        return ran
-    except DeploystateError as error:
-        print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        debug = debug or bool(getattr(args, "debug", False))
+        ran = args.run(args)
+        _flush()
+        return int(ran)
     except SystemExit as done:  # --help and --version end through argparse's exit()
         return done.code if isinstance(done.code, int) else EXIT_OK
     except BrokenPipeError:
         # The reader went away (`deploystate diagram | head`): not an error worth a traceback.
         # stdout is pointed at devnull so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence_stdout()
         return EXIT_OK
+    except DeploystateError as error:
+        if isinstance(error, OutputFailed):
+            _silence_stdout()
+        code, line, failure = EXIT_USER_ERROR, f"error: {_one_line(str(error))}", error
+    except KeyboardInterrupt as interrupt:
+        code, line, failure = EXIT_INTERRUPTED, "interrupted", interrupt
+    except OSError as error:
+        (code, line), failure = _os_error(error), error
+    except Exception as error:  # a bug: one line unless --debug, never exit 1 ("a human is needed")
+        code, line, failure = EXIT_INTERNAL, _internal(error), error
+    if debug:
+        traceback.print_exception(failure, file=sys.stderr)
+    if code == EXIT_INTERNAL:
+        line += " (please report it)" if debug else (f" (run again with {DEBUG_FLAG} for the traceback; "
+                                                     "please report it)")
+    with contextlib.suppress(Exception):
+        print(_shown(f"{PROG}: {line}"), file=sys.stderr, flush=True)
+    return code

@@ -20,7 +20,14 @@ import attrs
 
 from deploystate.errors import DeploystateError
 from deploystate.strategy import Strategy
-from deploystate.waiting import WaitPolicy
+from deploystate.waiting import (
+    FIXED_INTERVAL_RANGE,
+    MAX_INTERVAL_RANGE,
+    MIN_INTERVAL_RANGE,
+    WaitPolicy,
+    number_text,
+    within,
+)
 
 CONFIG_FILE = "deploystate.toml"
 _TRUE = {"1", "true", "yes", "on"}
@@ -48,6 +55,22 @@ class ConfigError(DeploystateError):
     pass
 
 
+# What makes sense for a runner's limits, in seconds: at least a second, at most a week (a wait
+# limit of 1e300 or nan never ends; inf crashes the clock's arithmetic mid-run).
+LIMIT_RANGE_S = (1.0, 7 * 86400.0)
+TRIGGER_DOUBT_RANGE_S = (1.0, 3600.0)
+# The same limits as deploystate.toml gives them, in minutes.
+LIMIT_RANGE_MINUTES = (1.0, 7 * 24 * 60.0)
+
+
+def _seconds_within(low: float, high: float) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+        if not within(value, low, high):
+            raise ValueError(f"{attribute.name} must be between {number_text(low)} and {number_text(high)} "
+                             f"seconds, got {value!r}")
+    return check
+
+
 @attrs.frozen
 class RunnerConfig:
     """How a runner behaves.  Every default the runner has is written here, and only here."""
@@ -57,15 +80,15 @@ class RunnerConfig:
     deploy_user: str = "deploystate"
     # Promote automatically as this actor once the promotion gate opens (simulations only).
     auto_promote: str | None = None
-    package_wait_limit_s: float = 4 * 3600
-    deployment_wait_limit_s: float = 6 * 3600
+    package_wait_limit_s: float = attrs.field(default=4 * 3600, validator=_seconds_within(*LIMIT_RANGE_S))
+    deployment_wait_limit_s: float = attrs.field(default=6 * 3600, validator=_seconds_within(*LIMIT_RANGE_S))
     # How long a failed step is still watched for a retry made outside (in the deployer's UI).
-    failed_watch_s: float = 2 * 3600
+    failed_watch_s: float = attrs.field(default=2 * 3600, validator=_seconds_within(*LIMIT_RANGE_S))
     wait_policy: WaitPolicy = attrs.field(factory=WaitPolicy)
     # After a trigger failed in a way that leaves it in doubt (time-out, 5xx, dropped connection),
     # the deployer may still be processing it: wait this long before looking its key up, or a
     # late pipeline could appear after our search and the retry would make a second one.
-    trigger_doubt_s: float = 60.0
+    trigger_doubt_s: float = attrs.field(default=60.0, validator=_seconds_within(*TRIGGER_DOUBT_RANGE_S))
 
 
 @attrs.frozen
@@ -119,6 +142,8 @@ def _read(file: Path) -> dict[str, Any]:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{file}: not valid TOML ({error}); fix the syntax") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except OSError as error:
         raise ConfigError(f"cannot read {file}: {error.strerror}") from None
 
@@ -150,9 +175,12 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Conf
     main = values.get("deploystate", {})
     limits = values.get("limits", {})
     waiting = values.get("waiting", {})
+    low, high = LIMIT_RANGE_MINUTES
     for key, value in limits.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: [limits] {key} must be > 0, got {value}")
+        if not within(value, low, high):
+            raise ConfigError(f"{source}: [limits] {key} must be between {number_text(low)} and "
+                              f"{number_text(high)} minutes (7 days), got {value!r}")
+    _check_waiting(waiting, source)
     for key in ("backend", "store", "spec", "actor", "deploy_user"):
         if key in main and not str(main[key]).strip():
             raise ConfigError(f"{source}: [deploystate] {key} is empty; set it or remove the line")
@@ -167,6 +195,29 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Conf
                           **{_LIMITS[k]: 60.0 * v for k, v in limits.items()})
     return Config(**{k: main[k] for k in ("backend", "store", "spec") if k in main}, runner=runner,
                   backend_settings={k: dict(v) for k, v in backends.items()}, source=source)
+
+
+_WAITING_RANGES = {"min_interval_seconds": MIN_INTERVAL_RANGE, "max_interval_seconds": MAX_INTERVAL_RANGE,
+                   "fixed_interval_seconds": FIXED_INTERVAL_RANGE}
+
+
+def _check_waiting(waiting: Mapping[str, Any], source: str) -> None:
+    """[waiting]'s numbers, named as the file names them (WaitPolicy checks them again, by field)."""
+    for key, value in waiting.items():
+        low, high = _WAITING_RANGES[key]
+        if not within(value, low, high):
+            raise ConfigError(f"{source}: [waiting] {key} must be between {number_text(low)} and "
+                              f"{number_text(high)} seconds, got {value!r}")
+    default = WaitPolicy()
+    shortest = waiting.get("min_interval_seconds", default.min_interval_s)
+    longest = waiting.get("max_interval_seconds", default.max_interval_s)
+    if shortest > longest:
+        def shown(key: str, value: float) -> str:
+            return repr(value) if key in waiting else f"{number_text(value)}, the default"
+        raise ConfigError(f"{source}: [waiting] min_interval_seconds "
+                          f"({shown('min_interval_seconds', shortest)}) is more than max_interval_seconds "
+                          f"({shown('max_interval_seconds', longest)}); "
+                          "the shortest wait cannot be longer than the longest")
 
 
 def _from_env(name: str, text: str, expected: type | tuple[type, ...]) -> Any:

@@ -246,6 +246,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _shown(text: str) -> str:
+    """User-given text (a spec's name and description) on one line, escaped as everywhere else."""
+    from deploystate.report import printable
+
+    return printable(text)
+
+
 # -- public entry points ----------------------------------------------------------------------
 
 
@@ -356,7 +363,8 @@ class _Mermaid(_Renderer):
 
     def text(self) -> str:
         spec = self.machine.spec
-        title = f"spec {spec.name}" + (f" - {_one_line(spec.description)}" if spec.description else "")
+        about = f" - {_one_line(spec.description)}" if spec.description else ""
+        title = _shown(f"spec {spec.name}{about}")
         lines = [f"%% {title}", "stateDiagram-v2"]
         if self.detail:
             details, rollout = _details(self.machine)
@@ -473,9 +481,9 @@ class _Dot(_Renderer):
 
     def text(self) -> str:
         spec = self.machine.spec
-        title = spec.name + (f": {_one_line(spec.description)}" if spec.description else "")
+        title = _shown(spec.name + (f": {_one_line(spec.description)}" if spec.description else ""))
         lines = [
-            f"digraph {_q(spec.name)} {{",
+            f"digraph {_q(_shown(spec.name))} {{",
             "    " + "graph " + _attrs(rankdir="TB", fontname=_FONT, fontsize=12, label=title, labelloc="t",
                                       nodesep=0.35, ranksep=0.4, compound="true"),
             "    " + "node " + _attrs(shape="box", style="rounded,filled", fillcolor="white",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,21 +27,52 @@ from deploystate.spec import StepKind
 NONE = "-"
 
 
+# -- user-given text ---------------------------------------------------------------------------
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on written as its escape.
+
+    Control characters (line breaks, ESC, BEL...), invisible formatting (right-to-left overrides),
+    unusual separators and lone surrogates become ``\\n``, ``\\x1b``, ``\\u202e``...: a name or a
+    reason can neither forge a row nor paint the terminal.  Used wherever user-given text is
+    printed; the journal and ``--json`` keep the text exactly.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 # -- formatting of times ---------------------------------------------------------------------
+# A journal may hold any time (one written before versions were checked, a clock gone wrong):
+# one that no date can show is printed as the raw number of seconds, never a crash.
+
+def _moment(at: float) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(at, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
 
 def utc(at: float, *, seconds: bool = False) -> str:
-    moment = dt.datetime.fromtimestamp(at, dt.UTC)
+    moment = _moment(at)
+    if moment is None:
+        return f"{at!r} s since 1970"
     return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") + " UTC"
 
 
 def iso(at: float | None) -> str | None:
     if at is None:
         return None
-    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat().replace("+00:00", "Z")
+    moment = _moment(at)
+    if moment is None:
+        return repr(at)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def offset(seconds: float) -> str:
     """``+HH:MM:SS``, as in the live progress lines."""
+    if not math.isfinite(seconds):
+        return f"+{seconds!r}"
     whole = max(0, int(seconds))
     hours, rest = divmod(whole, 3600)
     return f"+{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
@@ -49,6 +81,8 @@ def offset(seconds: float) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return NONE
+    if not math.isfinite(seconds):
+        return f"{seconds!r}s"
     whole = max(0, round(seconds))
     minutes, secs = divmod(whole, 60)
     hours, minutes = divmod(minutes, 60)
@@ -60,7 +94,8 @@ def duration(seconds: float | None) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "  ") -> str:
-    rows = [list(header), *[list(row) for row in rows]]
+    """Aligned columns; every cell is shown :func:`printable`, so no cell breaks its row."""
+    rows = [list(header), *[[printable(cell) for cell in row] for row in rows]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for row in rows:
@@ -241,7 +276,7 @@ def timeline_text(view: RolloutView) -> str:
             line.phase.value,
             line.detail,
         ])
-    head = f"Timeline of {view.rollout_id} (+00:00:00 = {utc(origin)})\n"
+    head = printable(f"Timeline of {view.rollout_id} (+00:00:00 = {utc(origin)})") + "\n"
     return head + table(["step", "start", "end", "took", "tries", "triggers", "result", "detail"], rows)
 
 
@@ -257,7 +292,8 @@ def summary_text(view: RolloutView, deployer_by_step: Mapping[str, int] | None) 
             lines.append(f"  failed:   {line.name} ({','.join(line.environments) or line.kind.value}): "
                          f"{view.steps[line.name].reason}")
     lines += [f"  plan:     {view.plan}", f"  backend:  {view.backend}", ""]
-    return "\n".join(lines) + "\n" + triggers_text(environment_triggers(view, deployer_by_step))
+    triggers = triggers_text(environment_triggers(view, deployer_by_step))
+    return "\n".join(map(printable, lines)) + "\n" + triggers
 
 
 def span(start: float, end: float) -> str:
@@ -289,7 +325,7 @@ def status_text(view: RolloutView) -> str:
         f"({last.action}{' ' + last.step if last.step else ''}, record {last.seq})",
         "",
     ]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(map(printable, lines)) + "\n"
     origin = view.created_at
     rows = [[line.name, line.phase.value, str(line.attempts) if line.attempts else NONE,
              offset(line.started_at - origin) if line.started_at is not None else NONE,
@@ -297,7 +333,7 @@ def status_text(view: RolloutView) -> str:
     text += table(["step", "phase", "tries", "start", "took", "detail"], rows)
     hints = next_steps(view)
     if hints:
-        text += "\nnext:\n" + "".join(f"  {hint}\n" for hint in hints)
+        text += "\nnext:\n" + "".join(f"  {printable(hint)}\n" for hint in hints)
     return text
 
 

@@ -24,6 +24,10 @@ NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENVIRONMENT_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 PACKAGE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 DEFAULT_BAKE_SECONDS = 30 * 60
+# A bake longer than a week is a typo (or 2**63, which would never end); a spec of more steps than
+# this is no pipeline a person reads, and every rollout of it replays them all.
+MAX_BAKE_SECONDS = 7 * 24 * 3600
+MAX_STEPS = 500
 
 
 class StepKind(enum.StrEnum):
@@ -132,9 +136,9 @@ class Step:
         if kind is StepKind.BAKE:
             if self.duration_s is None:
                 object.__setattr__(self, "duration_s", DEFAULT_BAKE_SECONDS)
-            elif self.duration_s < 0:
-                raise _fail(self.name, f"duration_s must be >= 0, got {self.duration_s}",
-                            "give the bake time in seconds")
+            elif not 0 <= self.duration_s <= MAX_BAKE_SECONDS:
+                raise _fail(self.name, f"duration_s must be between 0 and {MAX_BAKE_SECONDS} seconds "
+                            f"(7 days), got {self.duration_s}", "give the bake time in seconds")
         elif self.duration_s is not None:
             raise _fail(self.name, "duration_s is only for a bake", "remove duration_s")
 
@@ -185,6 +189,8 @@ def _check_steps(instance: Spec, _attribute: attrs.Attribute[tuple[Step, ...]], 
                             f"{type(item).__name__} {item!r}; build it with Step(name=..., kind=...)")
     if not value:
         raise SpecError(f"spec {instance.name!r} has no steps; add at least one step")
+    if len(value) > MAX_STEPS:
+        raise SpecError(f"spec {instance.name!r} has {len(value)} steps; a spec may have at most {MAX_STEPS}")
 
 
 @attrs.frozen
@@ -259,24 +265,37 @@ class Spec:
 
 
 def _topological(steps: tuple[Step, ...], by_name: Mapping[str, Step]) -> tuple[Step, ...]:
+    """Depth first, needs before the steps that need them, in the order given otherwise.
+
+    With an explicit stack rather than recursion, so a long chain listed last step first
+    cannot exhaust Python's stack.
+    """
     ordered: list[Step] = []
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = placed
-
-    def visit(step: Step, path: list[str]) -> None:
-        mark = state.get(step.name)
-        if mark == 2:
-            return
-        if mark == 1:
-            cycle = " -> ".join([*path[path.index(step.name):], step.name])
-            raise _fail(step.name, f"its needs form a cycle ({cycle})", "remove one of these needs")
-        state[step.name] = 1
-        for need in step.needs:
-            visit(by_name[need], [*path, step.name])
-        state[step.name] = 2
-        ordered.append(step)
-
-    for step in steps:
-        visit(step, [])
+    placed: set[str] = set()
+    for root in steps:
+        if root.name in placed:
+            continue
+        # The current path: each step with the index of the next need to look at.
+        path: list[tuple[Step, int]] = [(root, 0)]
+        on_path = {root.name}
+        while path:
+            step, index = path[-1]
+            if index == len(step.needs):
+                path.pop()
+                on_path.discard(step.name)
+                placed.add(step.name)
+                ordered.append(step)
+                continue
+            path[-1] = (step, index + 1)
+            need = step.needs[index]
+            if need in placed:
+                continue
+            if need in on_path:
+                names = [s.name for s, _ in path]
+                cycle = " -> ".join([*names[names.index(need):], need])
+                raise _fail(need, f"its needs form a cycle ({cycle})", "remove one of these needs")
+            path.append((by_name[need], 0))
+            on_path.add(need)
     return tuple(ordered)
 
 

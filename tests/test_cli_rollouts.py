@@ -399,7 +399,8 @@ def test_bad_config_file(store: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert_refused(["run", VERSION, "--store", str(store)], capsys, "deploystate.toml", "not valid TOML",
                    unchanged=store)
     (tmp_path / "deploystate.toml").write_text("[limits]\ndeployment_wait_minutes = -5\n")
-    assert_refused(["start", OTHER, "--store", str(store)], capsys, "deployment_wait_minutes must be > 0",
+    assert_refused(["start", OTHER, "--store", str(store)], capsys,
+                   "deployment_wait_minutes must be between 1 and 10080 minutes (7 days), got -5",
                    unchanged=store)
     (tmp_path / "deploystate.toml").write_text("[deploystate]\nbackend = 'nosuch'\n")
     assert_refused(["start", OTHER, "--store", str(store)], capsys, "no backend named 'nosuch'",

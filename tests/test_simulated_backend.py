@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -642,8 +643,8 @@ def test_command_line_summary(tmp_path):
 # -- settings ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"durations": {"gprd": -5}}, r"'durations.gprd': -5 .*0 or more"),
-    ({"build_s": -1}, r"'build_s': -1 .*0 or more"),
+    ({"durations": {"gprd": -5}}, r"'durations.gprd': -5 .*from 0 to 2592000"),
+    ({"build_s": -1}, r"'build_s': -1 .*from 0 to 2592000"),
     ({"retry_after_s": "soon"}, r"'retry_after_s': 'soon'"),
     ({"jitter": 1.5}, r"'jitter'.*fraction"),
     ({"seed": "abc"}, r"'seed'.*whole number"),
@@ -673,7 +674,26 @@ def test_plain_string_settings_and_unknown_environments_are_accepted():
 
 
 @given(seed=st.integers(), jitter=st.floats(0, 0.99), fail=st.lists(st.sampled_from(ENVIRONMENTS)),
-       build_s=st.floats(0, 1e7), start=st.floats(0, 4e9))
+       build_s=st.floats(0, 30 * 86400), start=st.floats(0, 4e9))
 def test_scenario_settings_round_trip(seed, jitter, fail, build_s, start):
     scenario = Scenario(seed=seed, jitter=jitter, fail=tuple(fail), build_s=build_s, start=start)
     assert Scenario.from_settings(json.loads(json.dumps(scenario.to_settings()))) == scenario
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"build_s": 1e300},
+     "'build_s': 1e+300 is not valid; give a number of seconds from 0 to 2592000 (30 days)"),
+    ({"durations": {"gprd": 2**63}}, "'durations.gprd': 9223372036854775808 is not valid; give a number of "
+                                     "seconds from 0 to 2592000 (30 days)"),
+    ({"default_duration_s": "inf"}, "'default_duration_s': 'inf' is not valid"),
+    ({"retry_after_s": math.nan}, "'retry_after_s': nan is not valid"),
+    ({"start": 1e300}, "'start': 1e+300 is not valid; give a UTC time between 1970-01-01 and 2999-12-31"),
+    ({"start": "3021-03-01T12:20:00Z"},
+     "'start': '3021-03-01T12:20:00Z' is not valid; give a UTC time between 1970-01-01 and 2999-12-31"),
+    ({"start": -1}, "'start': -1 is not valid"),
+])
+def test_numbers_that_would_spin_or_overflow_the_clock_are_refused(settings, says):
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        create(settings)
+    with pytest.raises(SettingsError, match=re.escape(says.split(" is not valid")[0])):
+        Scenario.from_settings(settings)

@@ -273,7 +273,8 @@ PYTHON_CASES: list[tuple[str, Callable[[], object], str, str, str]] = [
      "step 'bake'", "duration_s must be int, got True", "fix the type of duration_s"),
     ("negative duration",
      lambda: bake(duration_s=-1),
-     "step 'bake'", "duration_s must be >= 0", "give the bake time in seconds"),
+     "step 'bake'", "duration_s must be between 0 and 604800 seconds (7 days), got -1",
+     "give the bake time in seconds"),
     ("environment as a number",
      lambda: deploy("gstg", 5),  # type: ignore[arg-type]
      "step 'gstg'", "environment must be str, got 5", "fix the type of environment"),
@@ -629,3 +630,50 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
 def test_from_mapping_refuses_what_is_not_a_table() -> None:
     with pytest.raises(SpecError, match=r"<mapping>: a spec must be a table with 'name' and \[\[steps\]\]"):
         Spec.from_mapping(["tag"])  # type: ignore[arg-type]
+
+
+# -- numbers and sizes that once spun or crashed ------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [2**63, 604801, -1])
+def test_a_bake_longer_than_a_week_or_negative_is_refused(seconds: int) -> None:
+    says = (f"step 'bake': duration_s must be between 0 and 604800 seconds (7 days), got {seconds}; "
+            "give the bake time in seconds")
+    with pytest.raises(SpecError, match=re.escape(says)):
+        bake(duration_s=seconds)
+
+
+def test_a_bake_of_a_week_is_kept() -> None:
+    assert bake(duration_s=604800).duration_s == 604800 and bake(duration_s=0).duration_s == 0
+
+
+def reversed_chain(length: int) -> tuple[Step, ...]:
+    # Last step first, so each step's needs lead all the way back through the chain.
+    return tuple(reversed([tag(f"s{i}", needs=(f"s{i - 1}",) if i else ()) for i in range(length)]))
+
+
+def test_a_long_chain_is_ordered_without_recursion() -> None:
+    import inspect
+    import sys
+
+    depth = len(inspect.stack())
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 150)  # far less than the chain is long
+    try:
+        spec = Spec(name="chain", steps=reversed_chain(500))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [step.name for step in spec.steps] == [f"s{i}" for i in range(500)]
+
+
+def test_a_cycle_in_a_long_chain_is_still_named() -> None:
+    steps = list(reversed_chain(300))
+    steps[-1] = tag("s0", needs=("s299",))
+    with pytest.raises(SpecError, match=r"its needs form a cycle \(s\d+ -> .* -> s\d+\)"):
+        Spec(name="ring", steps=tuple(steps))
+
+
+def test_a_spec_of_more_than_500_steps_is_refused_with_the_limit(tmp_path: Path) -> None:
+    says = "spec 'chain' has 1200 steps; a spec may have at most 500"
+    with pytest.raises(SpecError, match=re.escape(says)):
+        Spec(name="chain", steps=reversed_chain(1200))

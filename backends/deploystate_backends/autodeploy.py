@@ -17,6 +17,11 @@ __all__ = ["AUTO_DEPLOY_TAG", "EXAMPLE", "RUNBOOK", "BadVersion", "check_version
 # Matched whole (fullmatch), so that no trailing newline or other text slips through; ASCII digits
 # only, since ``\d`` would also take other scripts' digits.
 AUTO_DEPLOY_TAG = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]{12})")
+# MAJOR and MINOR as GitLab writes them: no leading zero (13.010.X would be a second rollout of
+# 13.10.X), at most four digits.
+_RELEASE_NUMBER = re.compile(r"0|[1-9][0-9]{0,3}")
+# Tag times a rollout can have: later ones end past the dates that can be shown (year 9999).
+YEARS = (2000, 2999)
 EXAMPLE = "13.10.202103011220"
 # The release team's runbooks: where a failure notice of an auto-deploy rollout points.
 RUNBOOK = "https://gitlab.com/gitlab-org/release/docs/-/tree/master/runbooks"
@@ -44,9 +49,17 @@ def check_version(text: str) -> str:
     if match is None:
         raise BadVersion(f"version {text!r} is not an auto-deploy tag; expected MAJOR.MINOR.YYYYMMDDHHMM "
                          f"(UTC), e.g. {EXAMPLE}")
+    if not all(_RELEASE_NUMBER.fullmatch(part) for part in match.group(1, 2)):
+        raise BadVersion(f"version {text!r}: MAJOR and MINOR are whole numbers without leading zeros, of at "
+                         f"most 4 digits; e.g. {EXAMPLE}")
     if moment is None:
         raise BadVersion(f"version {text!r}: {match.group(3)} is not a valid UTC time YYYYMMDDHHMM; "
                          f"e.g. {EXAMPLE}")
+    if not YEARS[0] <= moment.year <= YEARS[1]:
+        when = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+                f"{moment.hour:02d}:{moment.minute:02d}")
+        raise BadVersion(f"version {text!r}: tag time {when} UTC is not between {YEARS[0]} and {YEARS[1]}; "
+                         f"give the auto-deploy tag's own time, e.g. {EXAMPLE}")
     return text
 
 

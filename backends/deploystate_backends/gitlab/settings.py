@@ -7,10 +7,11 @@ the values are read once, kept out of every message, and sent only to GitLab.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -43,16 +44,30 @@ def _env_name(instance: object, attribute: attrs.Attribute[str], value: str) -> 
                                   f"(like DEPLOYER_TRIGGER_TOKEN), got {value!r}")
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise GitLabSettingsError(f"[backends.gitlab] {attribute.name} must be a positive number, "
-                                  f"got {value!r}")
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GitLabSettingsError(f"[backends.gitlab] {attribute.name} must be a whole number >= 1, "
-                                  f"got {value!r}")
+def _shown(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _positive(low: float, high: float, unit: str = " seconds") -> Callable[[object, attrs.Attribute[Any],
+                                                                             object], None]:
+    # nan, inf and 1e300 are "positive" too: each crashed or hung a run, so each number has a range.
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not _finite(value) or not low <= value <= high:  # type: ignore[operator]
+            raise GitLabSettingsError(f"[backends.gitlab] {attribute.name} must be a positive number between "
+                                      f"{_shown(low)} and {_shown(high)}{unit}, got {value!r}")
+    return check
+
+
+def _count(high: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise GitLabSettingsError(f"[backends.gitlab] {attribute.name} must be a whole number between 1 "
+                                      f"and {high}, got {value!r}")
+    return check
 
 
 def _optional_env_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -73,10 +88,13 @@ def _url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
                                   "https://gitlab.example.com")
 
 
+_YEAR_3000 = 32503680000
+
+
 def _anchor(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise GitLabSettingsError(f"[backends.gitlab] clock_anchor must be a Unix time in seconds, "
-                                  f"got {value!r}")
+    if value is not None and (not _finite(value) or not 0 <= value < _YEAR_3000):  # type: ignore[operator]
+        raise GitLabSettingsError(f"[backends.gitlab] clock_anchor must be a Unix time in seconds between 0 "
+                                  f"and {_YEAR_3000} (year 3000), got {value!r}")
 
 
 def is_loopback(url: str) -> bool:
@@ -97,16 +115,16 @@ class GitLabSettings:
     omnibus_project: str = attrs.field(converter=_project_text, validator=_project)
     trigger_token_env: str = attrs.field(default="DEPLOYER_TRIGGER_TOKEN", validator=_env_name)
     api_token_env: str = attrs.field(default="GITLAB_API_TOKEN", validator=_env_name)
-    timeout_s: float = attrs.field(default=15.0, validator=_positive)
-    read_attempts: int = attrs.field(default=4, validator=_count)
-    backoff_s: float = attrs.field(default=0.5, validator=_positive)
-    max_backoff_s: float = attrs.field(default=30.0, validator=_positive)
+    timeout_s: float = attrs.field(default=15.0, validator=_positive(0.1, 300))
+    read_attempts: int = attrs.field(default=4, validator=_count(20))
+    backoff_s: float = attrs.field(default=0.5, validator=_positive(0.001, 60))
+    max_backoff_s: float = attrs.field(default=30.0, validator=_positive(0.001, 600))
     # How many of the deployer's newest triggered pipelines are searched for an idempotency key.
-    find_depth: int = attrs.field(default=50, validator=_count)
+    find_depth: int = attrs.field(default=50, validator=_count(1000))
     key_variable: str = attrs.field(default="DEPLOYSTATE_KEY", validator=_env_name)
     # Rehearsals against a stand-in only: time runs clock_speed times faster than the wall clock,
     # anchored where both agree, exactly as the stand-in's --speed and --anchor.
-    clock_speed: float = attrs.field(default=1.0, validator=_positive)
+    clock_speed: float = attrs.field(default=1.0, validator=_positive(0.01, 10000, unit=""))
     clock_anchor: float | None = attrs.field(default=None, validator=_anchor)
     # Optional: receive GitLab's Pipeline Hooks here (the hook's secret token is in the variable
     # webhook_secret_env names) and poll only as a safety net.  Without them, waiting polls.
@@ -114,6 +132,10 @@ class GitLabSettings:
     webhook_secret_env: str | None = attrs.field(default=None, validator=_optional_env_name)
 
     def __attrs_post_init__(self) -> None:
+        if self.backoff_s > self.max_backoff_s:
+            raise GitLabSettingsError(f"[backends.gitlab] backoff_s ({self.backoff_s!r}) is more than "
+                                      f"max_backoff_s ({self.max_backoff_s!r}); the first wait cannot be "
+                                      "longer than the longest")
         if (self.webhook_listen is None) != (self.webhook_secret_env is None):
             raise GitLabSettingsError("[backends.gitlab] webhook_listen and webhook_secret_env go together: "
                                       "set both to receive Pipeline Hooks, or neither to poll")

@@ -192,20 +192,27 @@ def _unknown_setting(name: str) -> SettingsError:
 def _number(name: str, value: object, expected: str) -> float:
     if isinstance(value, bool):
         raise _bad(name, value, expected)
+    number = value
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            number = float(value.strip())
         except ValueError:
             raise _bad(name, value, expected) from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(number, int | float) or not math.isfinite(number):
         raise _bad(name, value, expected)
-    return float(value)
+    return float(number)
+
+
+# Longer than this is a typo: 1e300 s would carry the virtual clock past any date that can be shown.
+MAX_SECONDS = 30 * 86400
+# The virtual clock starts between 1970 and 2999 (UTC): later, its dates could not be shown.
+START_RANGE = (0.0, 32503680000.0)
 
 
 def _seconds(name: str, value: object) -> float:
-    expected = "give a number of seconds, 0 or more (e.g. 3600)"
+    expected = f"give a number of seconds from 0 to {MAX_SECONDS} (30 days), e.g. 3600"
     seconds = _number(name, value, expected)
-    if seconds < 0:
+    if not 0 <= seconds <= MAX_SECONDS:
         raise _bad(name, value, expected)
     return seconds
 
@@ -273,7 +280,8 @@ def _durations(name: str, value: object) -> dict[str, float]:
 
 
 def _start(name: str, value: object) -> float:
-    expected = "give a UTC time like 2021-03-01T12:20:00Z or seconds since the epoch"
+    expected = ("give a UTC time between 1970-01-01 and 2999-12-31 like 2021-03-01T12:20:00Z, or seconds "
+                "since the epoch")
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, str) and not _looks_numeric(value):
@@ -282,10 +290,13 @@ def _start(name: str, value: object) -> float:
         except ValueError:
             raise _bad(name, value, expected) from None
     else:
-        return _number(name, value, expected)
-    if moment.tzinfo is None:
+        moment = None
+    if moment is not None and moment.tzinfo is None:
         raise _bad(name, value, "give the time zone too, e.g. 2021-03-01T12:20:00Z")
-    return moment.timestamp()
+    at = _number(name, value, expected) if moment is None else moment.timestamp()
+    if not START_RANGE[0] <= at < START_RANGE[1]:
+        raise _bad(name, value, expected)
+    return at
 
 
 def _looks_numeric(text: str) -> bool:

@@ -171,6 +171,10 @@ class _Decider:
         stop = None
         if not self.entries and not self.calls:
             stop = stop_of(self.view, self.now, self.config)
+            if stop is Stop.FAILED:
+                self._last_looks()
+                if self.calls:
+                    stop = None
         return Decision(tuple(self.entries), tuple(self.calls), min(self.wake) if self.wake else None, stop)
 
     # -- one step -------------------------------------------------------------------------
@@ -352,10 +356,10 @@ class _Decider:
 
     # -- a failed step may come back ---------------------------------------------------------
     def _failed(self, step: Step, state: StepState, seen: Seen | None) -> None:
-        if not still_watched(step, state, self.now, self.config):
-            return
+        watched = still_watched(step, state, self.now, self.config)
         if seen is None:
-            self.calls.append(self._look(step, state))
+            if watched:
+                self.calls.append(self._look(step, state))
             return
         interval = self.config.wait_policy.max_interval_s
         if seen.error is None:
@@ -368,8 +372,21 @@ class _Decider:
             if outcome is Outcome.SUCCEEDED or (alive and not state.timed_out):
                 self.entries.append(self._entry(Action.RESUME, step.name, {"status": status}))
                 return
-        assert state.failed_at is not None
-        self.wake.append(min(self.now + interval, state.failed_at + self.config.failed_watch_s))
+        if watched:
+            assert state.failed_at is not None
+            self.wake.append(min(self.now + interval, state.failed_at + self.config.failed_watch_s))
+
+    def _last_looks(self) -> None:
+        """Before a rollout is left stopped, each failed step's last deployment (or build) is read
+        once more, however long ago it failed: a person may have retried it in the deployer since,
+        and it is picked up rather than triggered anew."""
+        for step in self.view.spec.steps:
+            state = self.view.steps[step.name]
+            seen = self.outside.seen.get(step.name)
+            looked = seen is not None and seen.call.attempt == state.attempt
+            lookable = step.kind is StepKind.PACKAGE_WAIT or state.deployment_id is not None
+            if state.phase is Phase.FAILED and lookable and not looked:
+                self.calls.append(self._look(step, state))
 
     def _entry(self, action: Action, step: str | None, data: dict[str, Any]) -> Entry:
         return Entry(action.value, self.now, self.config.actor, step, data)

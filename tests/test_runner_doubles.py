@@ -200,3 +200,23 @@ def test_a_deployment_blocked_on_a_manual_job_is_announced_once_and_waited_for()
     blocked = [m for m in notices.messages
                if m.startswith("trigger_gstg: blocked on a manual job in pipeline")]
     assert len(blocked) == 1, notices.messages
+
+
+def test_a_pipeline_retried_by_hand_after_the_watch_window_is_picked_up_by_the_next_run() -> None:
+    retried = {"gstg": False}
+
+    def deployer(request: TriggerRequest, reads: int) -> Outcome:
+        if request.environments == ("gstg",) and not retried["gstg"]:
+            return Outcome.FAILED
+        return Outcome.SUCCEEDED
+
+    fake = FakeDeployer(deployer)
+    runner, notices = runner_with(fake, auto_promote="rm", failed_watch_s=60.0)
+    assert runner.run(VERSION).stop is Stop.FAILED
+    runner.backends.clock.advance(6 * 3600)  # type: ignore[attr-defined]  # long after the watch
+    assert runner.run(VERSION).stop is Stop.FAILED  # still failed out there: looked at once more
+    retried["gstg"] = True  # a person retried its job in the deployer's UI; it passed
+    result = runner.run(VERSION)
+    assert result.stop is Stop.DONE
+    assert result.view.steps["trigger_gstg"].attempt == 1 and len(keys(fake)) == 4  # no new attempt
+    assert "trigger_gstg: running again (the downstream pipeline was retried)" in notices.messages

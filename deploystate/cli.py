@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
 from deploystate.errors import DeploystateError
+from deploystate.terminal import printable
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -116,11 +117,7 @@ def _flush() -> None:
 
 
 def _shown(text: str) -> str:
-    """User-given text as it may be printed (see :func:`deploystate.report.printable`)."""
-    if text.isprintable():  # the usual case, without importing the report (and the machine)
-        return text
-    from deploystate.report import printable
-
+    """User-given text as it may be printed (see :func:`deploystate.terminal.printable`)."""
     return printable(text)
 
 
@@ -698,13 +695,16 @@ def _retry_arguments(parser: argparse.ArgumentParser) -> None:
     _version_argument(parser)
     parser.add_argument("target", metavar="ENV_OR_STEP",
                         help="the failed step, or the environment it deploys")
+    parser.add_argument("--cancel-running", action="store_true",
+                        help="if the step's last pipeline still runs (a time-out), cancel it first")
     _by_argument(parser, required=False)
     _config_arguments(parser)
 
 
 def _retry(args: argparse.Namespace) -> int:
     by = _actor(args.by)
-    return _operate(args, lambda runner, v: runner.retry(v, args.target, by),
+    return _operate(args, lambda runner, v: runner.retry(v, args.target, by,
+                                                         cancel_running=args.cancel_running),
                     f"retry of {args.target} requested by {by} (a new attempt starts on the next run)")
 
 
@@ -724,6 +724,8 @@ def _skip_bake(args: argparse.Namespace) -> int:
 def _abort_arguments(parser: argparse.ArgumentParser) -> None:
     _version_argument(parser)
     parser.add_argument("--reason", metavar="TEXT", required=True, help="why (recorded and announced)")
+    parser.add_argument("--leave-running", action="store_true",
+                        help="leave the rollout's running deployer pipelines alone (default: cancel them)")
     _by_argument(parser, required=False)
     _config_arguments(parser)
 
@@ -731,7 +733,8 @@ def _abort_arguments(parser: argparse.ArgumentParser) -> None:
 def _abort(args: argparse.Namespace) -> int:
     by = _actor(args.by)
     reason = _text(args.reason, "--reason")
-    return _operate(args, lambda runner, v: runner.abort(v, by, reason), f"aborted by {by}: {reason}")
+    return _operate(args, lambda runner, v: runner.abort(v, by, reason, leave_running=args.leave_running),
+                    f"aborted by {by}: {reason}")
 
 
 def _text(value: str, flag: str) -> str:

@@ -28,6 +28,7 @@ from deploystate.actions import Action
 from deploystate.errors import DeploystateError
 from deploystate.machine import ACTIVE, SEPARATOR, Phase, RolloutMachine
 from deploystate.spec import BUILTIN_SPECS, Step, StepKind, builtin_spec
+from deploystate.terminal import printable
 
 Format = Literal["mermaid", "dot"]
 FORMATS: tuple[Format, ...] = ("mermaid", "dot")
@@ -248,8 +249,6 @@ def _one_line(text: str) -> str:
 
 def _shown(text: str) -> str:
     """User-given text (a spec's name and description) on one line, escaped as everywhere else."""
-    from deploystate.report import printable
-
     return printable(text)
 
 

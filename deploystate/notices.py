@@ -15,6 +15,7 @@ from typing import TextIO
 from deploystate.actions import Action
 from deploystate.journal import Record
 from deploystate.ports import Notice, Notifier
+from deploystate.terminal import printable
 
 LOG = logging.getLogger("deploystate")
 
@@ -109,8 +110,8 @@ class StreamNotifier:
         offset = int(notice.at - self.origin)
         hours, rest = divmod(offset, 3600)
         mark = {"warning": "!", "error": "X"}.get(notice.severity, " ")
-        print(f"[+{hours:02d}:{rest // 60:02d}:{rest % 60:02d}] {mark} {notice.message}", file=self.stream,
-              flush=True)
+        print(f"[+{hours:02d}:{rest // 60:02d}:{rest % 60:02d}] {mark} {printable(notice.message)}",
+              file=self.stream, flush=True)
 
 
 class FanOut:

@@ -238,3 +238,23 @@ def test_an_operator_command_the_machine_refuses_writes_nothing(monkeypatch: pyt
     assert runner.store.read(VERSION) == before
     assert rebuild(runner.store.read(VERSION)).status == "done"
 
+
+
+def test_the_command_line_refuses_a_retry_beside_a_running_pipeline_and_cancels_on_request(
+        tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite"
+    hung = ds("simulate", VERSION, "--hang", "gstg", "--store", str(journal), cwd=tmp_path)
+    assert hung.returncode == 1, hung.stderr  # timed out, its pipeline still running out there
+    before = records_of(journal)
+    refused = ds("retry", VERSION, "gstg", "--by", "alice", "--store", str(journal), cwd=tmp_path)
+    assert refused.returncode == 2 and "is still running; a new attempt now would deploy" in refused.stderr
+    assert records_of(journal) == before
+    retried = ds("retry", VERSION, "gstg", "--cancel-running", "--by", "alice", "--store", str(journal),
+                 cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert "trigger_gstg: deployer pipeline 1 canceled by alice" in retried.stdout
+    aborted = ds("abort", VERSION, "--reason", "enough", "--leave-running", "--by", "alice", "--store",
+                 str(journal), cwd=tmp_path)
+    assert aborted.returncode == 0 and "canceled" not in aborted.stdout, aborted.stdout
+    with World.open(world_beside(journal), create=False) as world:
+        assert [t.key for t in world.triggers()].count(f"{VERSION}/trigger_gstg/1") == 1

@@ -62,6 +62,22 @@ def _pair(text: str, what: str) -> tuple[str, str]:
     return key, value
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port; give 0 to 65535 (0 picks a free one)")
+    return port
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # nan fails this too
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+    return parse
+
+
 def build_parser(prog: str = "python -m deploystate_backends.gitlab_standin") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -70,10 +86,10 @@ def build_parser(prog: str = "python -m deploystate_backends.gitlab_standin") ->
         "omnibus-trigger-token, release-tools-trigger-token (override with the options above).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8929, help="port (default 8929; 0 picks a free one)")
-    parser.add_argument("--speed", type=float, default=1.0,
+    parser.add_argument("--port", type=_port, default=8929, help="port (default 8929; 0 picks a free one)")
+    parser.add_argument("--speed", type=_number(0.01, 10_000), default=1.0,
                         help="clock speed: 60 turns an hour-long deployment into a minute (default 1)")
-    parser.add_argument("--anchor", type=float, default=None, metavar="EPOCH",
+    parser.add_argument("--anchor", type=_number(0, 32_503_680_000), default=None, metavar="EPOCH",
                         help="with --speed: the wall-clock moment (Unix seconds) where stand-in time equals "
                         "wall-clock time (default: now)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random faults (default 0)")
@@ -84,7 +100,7 @@ def build_parser(prog: str = "python -m deploystate_backends.gitlab_standin") ->
     parser.add_argument("--script", action="append", default=[], metavar="ENV=OUTCOME",
                         help="deployer outcome for DEPLOY_ENVIRONMENT ENV: succeed, fail, fail-then-succeed, "
                         "hang, or statuses per attempt like failed,success or waiting_for_callback")
-    parser.add_argument("--deploy-seconds", type=float, default=None,
+    parser.add_argument("--deploy-seconds", type=_number(0, 30 * 86400), default=None,
                         help="how long the deployer's deploy job runs, in clock seconds (default 3600)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=RATE[@ROUTE]",
                         help="random fault: error, rate_limit, slow, drop or lost_response, with a "
@@ -94,7 +110,7 @@ def build_parser(prog: str = "python -m deploystate_backends.gitlab_standin") ->
                         "(they appear after --package-delay)")
     parser.add_argument("--package-tag", action="append", default=[], metavar="TAG",
                         help="seed CNG and Omnibus pipelines for TAG (they appear after --package-delay)")
-    parser.add_argument("--package-delay", type=float, default=0.0,
+    parser.add_argument("--package-delay", type=_number(0, 30 * 86400), default=0.0,
                         help="clock seconds before seeded package pipelines appear (default 0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
@@ -126,7 +142,10 @@ def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
     for item in args.fault:
         kind, rate_text = _pair(item, "--fault")
         rate, _, route = rate_text.partition("@")
-        faults.rate(float(rate), FaultKind(kind), route=route or None)
+        probability = float(rate)
+        if not 0 <= probability <= 1:
+            raise ValueError(f"--fault {item}: the rate must be a probability from 0 to 1")
+        faults.rate(probability, FaultKind(kind), route=route or None)
     for version in args.auto_deploy:
         seed_package_builds(world, version, after_s=args.package_delay)
     for tag in args.package_tag:
@@ -167,7 +186,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a rehearsal as cleanly as Ctrl-C
-    serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announcer(args))
+    try:
+        serve(world, host=args.host, port=args.port, faults=faults, tokens=tokens, ready=_announcer(args))
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}; choose another "
+              "--port (or --host)", file=sys.stderr)
+        return 2
     return 0
 
 

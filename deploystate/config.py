@@ -34,9 +34,10 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "deploystate": {"backend": str, "store": str, "spec": str, "actor": str, "deploy_user": str},
+    "deploystate": {"backend": str, "store": str, "spec": str, "actor": str, "deploy_user": str,
+                    "release_managers": list, "release_managers_file": str},
     "strategy": {"individual_deployments": bool, "trigger_ref": str, "shadow_ref": str,
-                 "check_mode_everywhere": bool},
+                 "check_mode_everywhere": bool, "strict_shadow": bool},
     "limits": {"package_wait_minutes": (int, float), "deployment_wait_minutes": (int, float),
                "failed_watch_minutes": (int, float)},
     "waiting": {"min_interval_seconds": (int, float), "max_interval_seconds": (int, float),
@@ -89,6 +90,15 @@ class RunnerConfig:
     # the deployer may still be processing it: wait this long before looking its key up, or a
     # late pipeline could appear after our search and the retry would make a second one.
     trigger_doubt_s: float = attrs.field(default=60.0, validator=_seconds_within(*TRIGGER_DOUBT_RANGE_S))
+    # Who may promote or skip a bake (None: anyone).
+    release_managers: frozenset[str] | None = None
+
+    def check_release_manager(self, by: str, what: str) -> None:
+        """Refuse ``what`` (promote, skip-bake) by someone not on the list of release managers."""
+        if self.release_managers is not None and by not in self.release_managers:
+            raise DeploystateError(
+                f"{by!r} is not a release manager, so may not {what}; nothing was recorded. Ask one of "
+                f"{', '.join(sorted(self.release_managers))}, or add {by} to release_managers")
 
 
 @attrs.frozen
@@ -191,10 +201,38 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Conf
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: {error}") from None
     runner = RunnerConfig(strategy=strategy, wait_policy=policy,
+                          release_managers=_release_managers(main, source),
                           **{k: main[k] for k in ("actor", "deploy_user") if k in main},
                           **{_LIMITS[k]: 60.0 * v for k, v in limits.items()})
     return Config(**{k: main[k] for k in ("backend", "store", "spec") if k in main}, runner=runner,
                   backend_settings={k: dict(v) for k, v in backends.items()}, source=source)
+
+
+def _release_managers(main: Mapping[str, Any], source: str) -> frozenset[str] | None:
+    """Who may promote or skip a bake: ``release_managers`` and the logins in ``release_managers_file``
+    (one a line, ``#`` comments).  None: anyone, as without a list."""
+    if "release_managers" not in main and "release_managers_file" not in main:
+        return None
+    names: set[str] = set()
+    for name in main.get("release_managers", []):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{source}: [deploystate] release_managers must be a list of logins, "
+                              f"got {name!r}")
+        names.add(name.strip())
+    if "release_managers_file" in main:
+        file = Path(main["release_managers_file"])
+        if not file.is_absolute() and source != "defaults":
+            file = Path(source).parent / file
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: [deploystate] release_managers_file {file} cannot be read "
+                              f"({getattr(error, 'strerror', None) or error}); fix the path") from None
+        names |= {line.split("#", 1)[0].strip() for line in lines} - {""}
+    if not names:
+        raise ConfigError(f"{source}: [deploystate] release_managers names nobody, so nobody could promote; "
+                          "name the release managers, or remove the setting to let anyone")
+    return frozenset(names)
 
 
 _WAITING_RANGES = {"min_interval_seconds": MIN_INTERVAL_RANGE, "max_interval_seconds": MAX_INTERVAL_RANGE,

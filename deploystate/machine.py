@@ -127,8 +127,14 @@ def _state_path(step: str, phase: Phase) -> str:
 class RolloutMachine:
     """The compiled machine for one spec; serves any number of rollouts."""
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, optional: frozenset[str] = frozenset()) -> None:
+        """``optional``: steps the rollout may finish without (dry runs): each may have failed, or
+        never started because a step it needs failed or was itself left so."""
+        unknown = sorted(optional - {s.name for s in spec.steps})
+        if unknown:
+            raise ValueError(f"optional steps {unknown} are not in spec {spec.name!r}")
         self.spec = spec
+        self.optional = optional
         self._steps: Mapping[str, Step] = {s.name: s for s in spec.steps}
         self._triggers: dict[tuple[Action, str | None], str] = {}
         self._needs_met: dict[str, Callable[[Rollout], bool]] = {}
@@ -168,11 +174,31 @@ class RolloutMachine:
                 })
         self._triggers[(Action.FINISH, None)] = Action.FINISH.value
         self._triggers[(Action.ABORT, None)] = Action.ABORT.value
-        every_step = tuple(_state_path(s.name, Phase.SUCCEEDED) for s in spec.steps)
+        required = tuple(_state_path(s.name, Phase.SUCCEEDED) for s in spec.steps if s.name not in optional)
+        # Optional steps in spec order (needs come first): (name, its leaves that end it, its needs).
+        order = _in_order(spec)
+        left_alone = tuple((s.name, (_state_path(s.name, Phase.SUCCEEDED), _state_path(s.name, Phase.FAILED)),
+                            _state_path(s.name, Phase.PENDING), s.needs)
+                           for s in order if s.name in optional)
+
+        def finishable(configuration: str | list[str] | tuple[str, ...]) -> bool:
+            state = _leaves(configuration)
+            if not all(p in state for p in required):
+                return False
+            over: set[str] = set()  # optional steps that ended, or can never start
+            for name, ends, pending, needs in left_alone:
+                ended = ends[0] in state or ends[1] in state
+                blocked = pending in state and any(n in over and _state_path(n, Phase.SUCCEEDED) not in state
+                                                   for n in needs)
+                if not (ended or blocked):
+                    return False
+                over.add(name)
+            return True
 
         def all_succeeded(rollout: Rollout) -> bool:
-            state = _leaves(rollout.state)
-            return all(p in state for p in every_step)
+            return finishable(rollout.state)
+
+        self.finishable = finishable
 
         self._all_succeeded = all_succeeded
         finish = self._conditions_of[Action.FINISH.value] = [lambda event: all_succeeded(event.model)]
@@ -419,8 +445,7 @@ class RolloutMachine:
         ]
 
     def can_finish(self, rollout: Rollout) -> bool:
-        phases = self.phases(rollout)
-        return bool(phases) and all(p is Phase.SUCCEEDED for p in phases.values())
+        return self.status(rollout) == ACTIVE and self._all_succeeded(rollout)
 
     def allowed(self, rollout: Rollout) -> list[str]:
         """Events that would be accepted now, by structure and joins (data aside)."""
@@ -490,7 +515,10 @@ class RolloutMachine:
                 return f"{action.value} applies to the whole rollout, not to a step"
             if action is Action.ABORT:
                 return "an abort needs a reason"
-            waiting = [s for s, p in self.phases(rollout).items() if p is not Phase.SUCCEEDED]
+            waiting = [s for s, p in self.phases(rollout).items()
+                       if p is not Phase.SUCCEEDED and s not in self.optional]
+            if not waiting:
+                return "dry runs are still running or can still start"
             return f"steps not yet succeeded: {', '.join(waiting)}"
         if step is None:
             return f"{action.value} needs a step"
@@ -525,10 +553,10 @@ class TransitionInfo:
     guarded: bool
 
 
-def _leaves(state: str | list[str]) -> tuple[str, ...] | list[str]:
+def _leaves(state: str | list[str] | tuple[str, ...]) -> tuple[str, ...] | list[str]:
     """The active leaf states.  transitions stores a list for several regions, but a bare string
     when the parallel state has a single region (a one-step spec)."""
-    if isinstance(state, list):
+    if isinstance(state, list | tuple):
         return state
     return (state,) if state.startswith(ACTIVE + SEPARATOR) else ()
 
@@ -562,3 +590,14 @@ def _number(value: object) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return float("-inf")
+
+
+def _in_order(spec: Spec) -> list[Step]:
+    """The steps, each after every step it needs."""
+    placed: dict[str, Step] = {}
+    steps = list(spec.steps)
+    while len(placed) < len(steps):
+        for step in steps:
+            if step.name not in placed and all(n in placed for n in step.needs):
+                placed[step.name] = step
+    return list(placed.values())

@@ -15,6 +15,7 @@ from typing import TextIO
 from deploystate.actions import Action
 from deploystate.journal import Record
 from deploystate.ports import Notice, Notifier
+from deploystate.strategy import mode_of
 from deploystate.terminal import printable
 
 LOG = logging.getLogger("deploystate")
@@ -28,10 +29,13 @@ def _minutes(seconds: object) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def notice_for(record: Record, runbook: str | None = None) -> Notice:
+def notice_for(record: Record, runbook: str | None = None, *, dry_run: bool = False,
+               deploys: bool = True) -> Notice:
     """The notice a record deserves: severity and a one-line message for humans.
 
-    ``runbook`` (a link the backend gives) is named in failure notices.
+    ``runbook`` (a link the backend gives) is named in failure notices; ``dry_run``: the record's
+    step is one the rollout may finish without (its failure is a warning); ``deploys`` False:
+    the backend only simulates, so the real path is said to be simulated, never REAL.
     """
     data = record.data
     step = record.step or ""
@@ -43,7 +47,7 @@ def notice_for(record: Record, runbook: str | None = None) -> Notice:
     elif action == Action.START:
         if data.get("key"):
             where = ",".join(data.get("environments", ()))
-            mode = "check mode" if data.get("check_mode") else "REAL"
+            mode = mode_of(bool(data.get("check_mode")), deploys=deploys)
             message = f"{step}: starting attempt {data.get('attempt')} ({where} at {data.get('ref')}, {mode})"
         else:
             message = f"{step}: started"
@@ -61,6 +65,12 @@ def notice_for(record: Record, runbook: str | None = None) -> Notice:
     elif action == Action.SKIP:
         severity = "warning"
         message = f"{step}: skipped by {data.get('by')}: {data.get('reason')}"
+    elif action == Action.FAIL and dry_run:
+        severity = "warning"
+        where = f" (pipeline {data['deployment_id']})" if data.get("deployment_id") else ""
+        message = (f"{step}: dry run FAILED{where} ({data.get('reason') or data.get('status')}); only the "
+                   f"dry runs after it are held, the real path goes on. Retry it with 'deploystate retry "
+                   f"{record.rollout_id} {step}' if you want its result")
     elif action == Action.FAIL:
         severity = "error"
         message = (f"{step}: FAILED ({data.get('reason') or data.get('status')}); release managers: "

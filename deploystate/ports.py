@@ -278,6 +278,7 @@ class Backends:
     runbook: str | None = None
     closer: Callable[[], None] = _nothing_to_close
     identity: str = ""
+    deploys: bool = True  # False: nothing is ever deployed (a simulation); plans say so
 
     @property
     def belongs_to(self) -> str:

@@ -23,6 +23,7 @@ from deploystate.journal import Record
 from deploystate.machine import Phase
 from deploystate.rollout import RolloutView
 from deploystate.spec import StepKind
+from deploystate.strategy import mode_of
 from deploystate.terminal import printable
 
 NONE = "-"
@@ -136,7 +137,7 @@ def _detail(view: RolloutView, name: str) -> str:
     if step.targets:
         where = ",".join(state.environments or step.targets)
         if state.ref is not None:
-            where += f" @{state.ref}, {'check mode' if state.check_mode else 'REAL'}"
+            where += f" @{state.ref}, {mode_of(bool(state.check_mode), deploys=view.deploys)}"
         if state.deployment_id is not None:
             where += f", pipeline {state.deployment_id}"
         parts.append(where)
@@ -208,6 +209,9 @@ def summary_data(view: RolloutView, *, stop: Stop | None = None, message: str | 
         "stop": stop.value if stop is not None else None,
         "message": message,
         "plan": view.plan,
+        "real_steps": list(view.strategy.deploying(view.spec)),
+        "dry_run_steps": list(view.strategy.dry_runs(view.spec)),
+        "dry_runs_failed": list(view.standing.dry_runs_failed),
         "settings": dict(view.settings),
         "backend": view.backend,
         "created_at": iso(view.created_at),
@@ -269,13 +273,14 @@ def timeline_text(view: RolloutView) -> str:
 def summary_text(view: RolloutView, deployer_by_step: Mapping[str, int] | None) -> str:
     """The end of a run: where it stopped and why, the plan, and who was triggered how often."""
     end = view.ended_at if view.ended_at is not None else view.last_at
-    headline = {"done": "done", "aborted": f"ABORTED ({view.abort_reason})"}.get(view.status)
+    headline = {"done": situation(view), "aborted": f"ABORTED ({view.abort_reason})"}.get(view.status)
     if headline is None:
         headline = "FAILED" if view.standing.failed else situation(view)
     lines = [f"Result: {headline} after {duration(end - view.created_at)} ({span(view.created_at, end)})"]
     for line in step_lines(view):
         if line.phase is Phase.FAILED:
-            lines.append(f"  failed:   {line.name} ({','.join(line.environments) or line.kind.value}): "
+            label = "dry run:" if line.name in view.machine.optional else "failed: "
+            lines.append(f"  {label}  {line.name} ({','.join(line.environments) or line.kind.value}): "
                          f"{view.steps[line.name].reason}")
     lines += [f"  plan:     {view.plan}", f"  backend:  {view.backend}", ""]
     triggers = triggers_text(environment_triggers(view, deployer_by_step))

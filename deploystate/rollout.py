@@ -27,6 +27,7 @@ from deploystate.machine import ABORTED, ACTIVE, DONE, Phase, Rollout, RolloutMa
 from deploystate.ports import Store
 from deploystate.spec import Spec, StepKind
 from deploystate.standing import Standing, standing_of
+from deploystate.strategy import Strategy
 
 State = tuple[str, ...] | str
 
@@ -94,7 +95,7 @@ class RolloutView:
         """Where the rollout stands: computed once per view, when first asked."""
         if self._standing is None:
             object.__setattr__(self, "_standing", standing_of(self.status, self.spec, self.steps,
-                                                              self.abort_reason))
+                                                              self.abort_reason, self.machine.optional))
         assert self._standing is not None
         return self._standing
 
@@ -123,6 +124,16 @@ class RolloutView:
         return None if plan is None else str(plan)
 
     @property
+    def deploys(self) -> bool:
+        """Whether its backend really deploys (False: a simulation)."""
+        return bool(self.created.get("deploys", True))
+
+    @property
+    def strategy(self) -> Strategy:
+        """The plan the rollout was created with (which path is real)."""
+        return Strategy.from_mapping(self.settings)
+
+    @property
     def backend(self) -> str | None:
         backend = self.created.get("backend")
         return None if backend is None else str(backend)
@@ -135,7 +146,8 @@ class RolloutView:
                 and all(self.steps[n].phase is Phase.SUCCEEDED for n in s.needs)]
 
     def can_finish(self) -> bool:
-        return self.active and all(s.phase is Phase.SUCCEEDED for s in self.steps.values())
+        """Every step the real path needs succeeded, and every dry run is over (or can never start)."""
+        return self.active and self.machine.finishable(self.state)
 
     def step_of_key(self) -> dict[str, str]:
         """Every idempotency key this rollout used, and its step."""
@@ -173,18 +185,27 @@ def summary_of(view: RolloutView) -> dict[str, Any]:
 
 
 class Machines:
-    """One compiled machine per spec, shared by every rollout that runs with it."""
+    """One compiled machine per spec and plan, shared by every rollout that runs with them.
+
+    The plan (the rollout's recorded strategy) says which steps are dry runs the rollout may
+    finish without (:meth:`deploystate.strategy.Strategy.optional_steps`).
+    """
 
     def __init__(self) -> None:
-        self._by_text: dict[str, tuple[Spec, RolloutMachine]] = {}
+        self._specs: dict[str, Spec] = {}
+        self._by_key: dict[tuple[str, frozenset[str]], RolloutMachine] = {}
 
-    def for_mapping(self, mapping: Mapping[str, Any]) -> tuple[Spec, RolloutMachine]:
+    def for_mapping(self, mapping: Mapping[str, Any],
+                    settings: Mapping[str, Any] | None = None) -> tuple[Spec, RolloutMachine]:
         text = json.dumps(mapping, sort_keys=True)
-        found = self._by_text.get(text)
-        if found is None:
-            spec = Spec.from_mapping(mapping, source="journal")
-            found = self._by_text[text] = (spec, RolloutMachine(spec))
-        return found
+        spec = self._specs.get(text)
+        if spec is None:
+            spec = self._specs[text] = Spec.from_mapping(mapping, source="journal")
+        optional = Strategy.from_mapping(settings).optional_steps(spec) if settings else frozenset()
+        machine = self._by_key.get((text, optional))
+        if machine is None:
+            machine = self._by_key[(text, optional)] = RolloutMachine(spec, optional)
+        return spec, machine
 
 
 MACHINES = Machines()
@@ -199,7 +220,7 @@ def rebuild(records: Sequence[Record], machines: Machines = MACHINES) -> Rollout
     first = records[0]
     data = first.data
     try:
-        spec, machine = machines.for_mapping(data["spec"])
+        spec, machine = machines.for_mapping(data["spec"], data.get("settings"))
         version = str(data["version"])
     except (KeyError, TypeError) as error:
         raise JournalCorrupt(f"rollout {first.rollout_id}: 'created' record is incomplete "

@@ -102,12 +102,14 @@ class Runner:
     # -- operator commands --------------------------------------------------------------------
     def create(self, version: str, spec: Spec) -> RolloutView:
         version = self.backends.check_version(version)
-        self.backends.prepare(version)  # e.g. a simulated world moves its clock to the tag's time
         strategy = self.config.strategy
+        strategy.check(spec)  # a plan under which nothing really deploys is refused
+        self.backends.prepare(version)  # e.g. a simulated world moves its clock to the tag's time
         entry = Entry(Action.CREATED.value, self.clock.now(), self.config.actor, None, {
             "version": version, "spec": spec_to_mapping(spec), "settings": strategy.as_dict(),
-            "plan": strategy.describe(), "backend": self.backends.description,
-            "belongs_to": self.backends.belongs_to,
+            "plan": strategy.describe(spec, deploys=self.backends.deploys),
+            "backend": self.backends.description, "belongs_to": self.backends.belongs_to,
+            "deploys": self.backends.deploys,
         })
         records = [Record(version, 1, entry.action, entry.at, entry.actor, None, dict(entry.data))]
         view = rebuild(records) if self.machines is None else rebuild(records, self.machines)
@@ -115,9 +117,11 @@ class Runner:
         return view
 
     def promote(self, rollout_id: str, by: str, reason: str | None = None) -> RolloutView:
+        self.config.check_release_manager(by, "promote")
         return self._operate(rollout_id, lambda view, now: operator.promote(view, by, reason, now))
 
     def skip_bake(self, rollout_id: str, by: str, reason: str) -> RolloutView:
+        self.config.check_release_manager(by, "skip the bake")
         return self._operate(rollout_id, lambda view, now: operator.skip_bake(view, by, reason, now))
 
     def retry(self, rollout_id: str, target: str, by: str, *, cancel_running: bool = False) -> RolloutView:
@@ -368,12 +372,14 @@ class Runner:
         self.checkpoint("before-record")
         stored = self.store.append(view.rollout_id, view.seq, entries, summary=summary_of(after))
         self.checkpoint("recorded")
-        self._announce(stored)
+        self._announce(stored, after.machine.optional, deploys=after.deploys)
         return after
 
-    def _announce(self, records: Sequence[Record]) -> None:
+    def _announce(self, records: Sequence[Record], dry_runs: frozenset[str] = frozenset(), *,
+                  deploys: bool = True) -> None:
         for record in records:
-            notice = notice_for(record, runbook=self.backends.runbook)
+            notice = notice_for(record, runbook=self.backends.runbook, dry_run=record.step in dry_runs,
+                                deploys=deploys)
             try:
                 self.notifier.notify(notice)
             except Exception as error:  # a notifier must never stop a rollout; say so loudly instead

@@ -33,21 +33,26 @@ class Standing:
     promotion: tuple[str, ...] = ()  # promotion gates waiting for a person
     baking: tuple[str, ...] = ()
     abort_reason: str | None = None
+    dry_runs_failed: tuple[str, ...] = ()  # failed steps the rollout may finish without
+
+    @property
+    def _dry_run_note(self) -> str:
+        return f"; dry run failed at {', '.join(self.dry_runs_failed)}" if self.dry_runs_failed else ""
 
     @property
     def situation(self) -> str:
         """A few words, e.g. ``waiting for promotion`` or ``failed: trigger_cny``."""
         if self.where is Where.DONE:
-            return "done"
+            return "done" + self._dry_run_note
         if self.where is Where.ABORTED:
             return f"aborted: {self.abort_reason}"
         if self.where is Where.FAILED:
-            return f"failed: {', '.join(self.failed)}"
+            return f"failed: {', '.join(self.failed)}" + self._dry_run_note
         if self.where is Where.WAITING:
-            return "waiting for promotion"
+            return "waiting for promotion" + self._dry_run_note
         if self.where is Where.RUNNING:
-            return f"running: {', '.join(self.running)}"
-        return "ready to run"
+            return f"running: {', '.join(self.running)}" + self._dry_run_note
+        return "ready to run" + self._dry_run_note
 
     @property
     def ended(self) -> bool:
@@ -56,7 +61,7 @@ class Standing:
     def message(self, rollout_id: str) -> str:
         """One sentence on where ``rollout_id`` stands and what to type next."""
         if self.where is Where.DONE:
-            return f"rollout {rollout_id} is done"
+            return f"rollout {rollout_id} is done{self._dry_run_note}"
         if self.where is Where.ABORTED:
             return f"rollout {rollout_id} was aborted: {self.abort_reason}"
         if self.where is Where.WAITING:
@@ -93,12 +98,17 @@ class _Phased(Protocol):
     def phase(self) -> Phase: ...
 
 
-def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_reason: str | None) -> Standing:
-    """Where a rollout stands, from its status (active, done, aborted) and its steps' phases."""
+def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_reason: str | None,
+                optional: frozenset[str] = frozenset()) -> Standing:
+    """Where a rollout stands, from its status (active, done, aborted) and its steps' phases.
+
+    A failed ``optional`` step (a dry run) is no failure of the rollout: it is told apart.
+    """
+    dry_runs = tuple(s.name for s in spec.steps if s.name in optional and steps[s.name].phase is Phase.FAILED)
     if status == "done":
-        return Standing(Where.DONE)
+        return Standing(Where.DONE, dry_runs_failed=dry_runs)
     if status == "aborted":
-        return Standing(Where.ABORTED, abort_reason=abort_reason)
+        return Standing(Where.ABORTED, abort_reason=abort_reason, dry_runs_failed=dry_runs)
     failed: list[str] = []
     running: list[str] = []
     promotion: list[str] = []
@@ -106,7 +116,8 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
     for step in spec.steps:
         phase = steps[step.name].phase
         if phase is Phase.FAILED:
-            failed.append(step.name)
+            if step.name not in optional:
+                failed.append(step.name)
         elif phase is Phase.RUNNING:
             running.append(step.name)
             if step.kind is StepKind.PROMOTION:
@@ -121,4 +132,5 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
         where = Where.RUNNING
     else:
         where = Where.READY
-    return Standing(where, tuple(failed), tuple(running), tuple(promotion), tuple(baking))
+    return Standing(where, tuple(failed), tuple(running), tuple(promotion), tuple(baking),
+                    dry_runs_failed=dry_runs)

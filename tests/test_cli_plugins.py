@@ -114,7 +114,7 @@ def test_the_command_line_itself_imports_only_itself_for_help(tmp_path: Path) ->
     code, modules, out = probe(tmp_path, "--help", bare=True)
     assert code == 0 and "sim-gitlab" in out
     assert loaded(modules, "deploystate") == ["deploystate", "deploystate.cli", "deploystate.commands",
-                                              "deploystate.errors"]
+                                              "deploystate.errors", "deploystate.terminal"]
     assert loaded(modules, "transitions", "asyncio", "attr", "attrs", BACKENDS) == []
 
 

@@ -95,10 +95,14 @@ def test_simulate_failing_production_exits_1_and_names_it(tmp_path: Path) -> Non
     failed = ds("simulate", VERSION, "--fail", "gprd", cwd=tmp_path)
     assert failed.returncode == 1, failed.stderr
     out = failed.stdout
-    assert "X trigger_gprd: FAILED" in out  # the live progress line
+    # The real path (the legacy deployment, which deploys gprd too) failed: an error; the
+    # per-environment gprd deployment is a dry run here, its failure a warning.
+    assert "X trigger_complete_deployment: FAILED" in out  # the live progress lines
+    assert "! trigger_gprd: dry run FAILED" in out
     timeline = out[out.index("Timeline of"):]
     assert "Result: FAILED" in timeline
-    assert "failed:   trigger_gprd (gprd): deployer pipeline" in timeline
+    assert "failed:   trigger_complete_deployment (gstg,gprd-cny,gprd): deployer pipeline" in timeline
+    assert "dry run:  trigger_gprd (gprd): deployer pipeline" in timeline
     assert "trigger_gstg " in timeline and "succeeded" in timeline
 
 
@@ -196,7 +200,8 @@ def test_retry_after_a_failure_then_abort(tmp_path: Path, capsys: pytest.Capture
     store = str(tmp_path / "journal.sqlite")
     failed = ds("simulate", VERSION, "--fail", "gstg", "--store", store, cwd=tmp_path)
     assert failed.returncode == 1, failed.stderr
-    assert f"deploystate retry {VERSION} trigger_gstg --store {store}" in failed.stdout
+    assert f"deploystate retry {VERSION} trigger_complete_deployment --store {store}" in failed.stdout
+    assert "! trigger_gstg: dry run FAILED" in failed.stdout  # a dry run: a warning, not the result
 
     retried = ds("retry", VERSION, "gstg", "--by", "bob", "--store", store, cwd=tmp_path)
     assert retried.returncode == 0, retried.stderr
@@ -259,9 +264,10 @@ def store(failed_store: Path, tmp_path: Path) -> Path:
 def test_status_shows_the_failure_and_what_to_do(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", VERSION, "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"rollout {VERSION}: failed: trigger_gstg, trigger_complete_deployment\n")
+    assert out.startswith(f"rollout {VERSION}: failed: trigger_complete_deployment; dry run failed at "
+                          "trigger_gstg\n")
     assert "FAILED: deployer pipeline" in out
-    assert f"deploystate retry {VERSION} trigger_gstg" in out
+    assert f"deploystate retry {VERSION} trigger_complete_deployment" in out
 
     assert main(["status", VERSION, "--store", str(store), "--diagram"]) == 0
     diagram = capsys.readouterr().out
@@ -271,7 +277,8 @@ def test_status_shows_the_failure_and_what_to_do(store: Path, capsys: pytest.Cap
     assert main(["status", "--store", str(store)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["rollout", "state", "created", "last", "change"]
-    assert table[1].startswith(f"{VERSION}  failed: trigger_gstg, trigger_complete_deployment")
+    assert table[1].startswith(f"{VERSION}  failed: trigger_complete_deployment; dry run failed at "
+                               "trigger_gstg")
 
 
 def test_history_text_has_one_line_per_record(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ from test_gitlab_rollouts import SPEC, VERSION, Notices, records_of, runner_for
 from deploystate.actions import Action
 from deploystate.ports import Notice, Outcome
 from deploystate.runner import Stop
+from deploystate.strategy import Strategy
 
 # GitLab's has_status.rb: ACTIVE_STATUSES, BLOCKED_STATUS, COMPLETED_STATUSES and friends.
 GROUPS = {
@@ -124,7 +125,9 @@ def test_a_pipeline_left_manual_past_the_limit_times_out(standin_factory) -> Non
     standin = standin_factory(gated(APPROVE_GSTG))
     seed_package_builds(standin.world, VERSION)
     notices = Notices()
-    runner = runner_for(standin, notifier=notices, deployment_wait_limit_s=3600, failed_watch_s=600)
+    # Staging's own deployment is the real one here (under the default plan it would be a dry run).
+    runner = runner_for(standin, notifier=notices, deployment_wait_limit_s=3600, failed_watch_s=600,
+                        strategy=Strategy(individual_deployments=True, check_mode_everywhere=True))
     runner.create(VERSION, SPEC)
 
     result = runner.run(VERSION)  # nobody plays the job

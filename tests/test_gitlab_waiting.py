@@ -40,6 +40,7 @@ from deploystate.journal import MemoryStore
 from deploystate.ports import Notice
 from deploystate.runner import Runner, RunnerConfig, RunResult, Stop
 from deploystate.spec import builtin_spec
+from deploystate.strategy import Strategy
 from deploystate.waiting import WaitPolicy
 
 VERSION = "13.10.202103011220"
@@ -276,6 +277,10 @@ def test_without_idempotency_keys_repeats_are_dropped_and_each_hook_counts() -> 
         assert gap(r, "gstg", "gprd-cny") == pytest.approx(1.0, abs=1e-6)
 
 
+# Staging's own deployment real (under the default plan a failure of it would be a dry run's).
+STAGING_REAL = Strategy(individual_deployments=True, check_mode_everywhere=True)
+
+
 def test_a_failed_pipeline_retried_by_a_human_moves_the_rollout_on_by_its_hooks() -> None:
     with rig(HookFaults(latency_s=1.0), scripts={"gstg": Script.fail_then_succeed()}) as r:
         human = r.clock.member("release-manager")
@@ -294,7 +299,7 @@ def test_a_failed_pipeline_retried_by_a_human_moves_the_rollout_on_by_its_hooks(
 
         helper = threading.Thread(target=retry_when_failed)
         helper.start()
-        runner, result = r.run(RunnerConfig(auto_promote="test", wait_policy=HOURLY))
+        runner, result = r.run(RunnerConfig(auto_promote="test", wait_policy=HOURLY, strategy=STAGING_REAL))
         helper.join(timeout=30)
         assert result.stop is Stop.DONE
         assert retried
@@ -309,7 +314,7 @@ def test_a_failed_pipeline_retried_by_a_human_moves_the_rollout_on_by_its_hooks(
 def test_a_wait_past_its_limit_is_announced_as_an_error() -> None:
     with rig(HookFaults(latency_s=1.0), scripts={"gstg": Script.hang()}) as r:
         config = RunnerConfig(auto_promote="test", wait_policy=WaitPolicy(), deployment_wait_limit_s=1800,
-                              failed_watch_s=600)
+                              failed_watch_s=600, strategy=STAGING_REAL)
         _, result = r.run(config)
         assert result.stop is Stop.FAILED
         errors = [n for n in r.notices.notices if n.severity == "error"]

@@ -23,6 +23,7 @@ from deploystate.rollout import listing
 from deploystate.runner import Runner
 from deploystate.spec import default_spec
 from deploystate.standing import Where
+from deploystate.strategy import Strategy
 from deploystate.waiting import WaitPolicy
 
 VERSION = "13.10.202103011220"
@@ -61,7 +62,9 @@ def test_a_failed_deployment_stops_the_rollout_and_a_retry_is_a_new_attempt() ->
         return Outcome.SUCCEEDED
 
     fake = FakeDeployer(deployer)
-    runner, notices = runner_with(fake, auto_promote="rm", failed_watch_s=60.0)
+    # Staging's own deployment is the real one here (under the default plan it is a dry run).
+    runner, notices = runner_with(fake, auto_promote="rm", failed_watch_s=60.0,
+                                  strategy=Strategy(individual_deployments=True))
     stopped = runner.run(VERSION)
     assert stopped.stop is Stop.FAILED
     assert stopped.view.standing.failed == ("trigger_gstg",)
@@ -211,7 +214,8 @@ def test_a_pipeline_retried_by_hand_after_the_watch_window_is_picked_up_by_the_n
         return Outcome.SUCCEEDED
 
     fake = FakeDeployer(deployer)
-    runner, notices = runner_with(fake, auto_promote="rm", failed_watch_s=60.0)
+    runner, notices = runner_with(fake, auto_promote="rm", failed_watch_s=60.0,
+                                  strategy=Strategy(individual_deployments=True))
     assert runner.run(VERSION).stop is Stop.FAILED
     runner.backends.clock.advance(6 * 3600)  # type: ignore[attr-defined]  # long after the watch
     assert runner.run(VERSION).stop is Stop.FAILED  # still failed out there: looked at once more

@@ -73,6 +73,7 @@ def backends_for(world: World) -> Backends:
         check_version=check_version,
         prepare=prepare,
         # The world's file name, not its folder: a journal copied with its world stays drivable.
+        deploys=False,
         identity=f"simulated world {world.path.name if world.path is not None else 'in memory'}",
         runbook=RUNBOOK,
         closer=world.close,

@@ -72,6 +72,8 @@ from deploystate.machine import (
     STEP_TRANSITIONS,
     Phase,
     RolloutMachine,
+    event_data_guard,
+    is_text,
 )
 from deploystate.spec import Spec, Step, StepKind, builtin_spec
 
@@ -111,20 +113,9 @@ def _rows(step: Step) -> tuple[tuple[Action, Phase, Phase], ...]:
     return (*STEP_TRANSITIONS, BAKE_SKIP) if step.kind is StepKind.BAKE else STEP_TRANSITIONS
 
 
-def _data_check(step: Step, action: Action) -> Callable[[dict[str, Any]], bool] | None:
-    """The same data guards as ours (a bake lasted, a promotion names who, a skip says why)."""
-    if action is Action.SUCCEED and step.kind is StepKind.BAKE:
-        duration = step.duration_s or 0
-        return lambda data: _number(data.get("elapsed_s")) >= duration
-    if action is Action.SUCCEED and step.kind is StepKind.PROMOTION:
-        return lambda data: _text(data.get("by"))
-    if action is Action.SKIP:
-        return lambda data: _text(data.get("reason")) and _text(data.get("by"))
-    return None
-
-
-def _text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+# The same data guards as ours (a bake lasted, a promotion names who, a skip says why): ours.
+_data_check = event_data_guard
+_text = is_text
 
 
 def _number(value: object) -> float:

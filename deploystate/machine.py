@@ -205,7 +205,7 @@ class RolloutMachine:
         transitions.append({
             "trigger": Action.FINISH.value, "source": ACTIVE, "dest": DONE, "conditions": finish,
         })
-        abort_guard = _needs_reason
+        abort_guard = needs_reason
         self._data_guards[Action.ABORT.value] = abort_guard
         abort = self._conditions_of[Action.ABORT.value] = [lambda event: abort_guard(event.kwargs)]
         transitions.append({
@@ -238,7 +238,7 @@ class RolloutMachine:
         if action is Action.START and step.needs:
             needs_met = self._needs_met[step.name]
             conditions.append(lambda event: needs_met(event.model))
-        data_guard = _data_guard(step, action)
+        data_guard = event_data_guard(step, action)
         if data_guard is not None:
             self._data_guards[trigger_name(action, step.name)] = data_guard
             conditions.append(lambda event: data_guard(event.kwargs))
@@ -561,19 +561,23 @@ def _leaves(state: str | list[str] | tuple[str, ...]) -> tuple[str, ...] | list[
     return (state,) if state.startswith(ACTIVE + SEPARATOR) else ()
 
 
-def _needs_reason(data: Mapping[str, Any]) -> bool:
-    return _text(data.get("reason"))
+def needs_reason(data: Mapping[str, Any]) -> bool:
+    """The abort's data guard: a reason."""
+    return is_text(data.get("reason"))
 
 
-def _data_guard(step: Step, action: Action) -> Callable[[Mapping[str, Any]], bool] | None:
-    """The check an event's data must pass, if any (who promoted, why a bake was skipped...)."""
+def event_data_guard(step: Step, action: Action) -> Callable[[Mapping[str, Any]], bool] | None:
+    """The check an event's data must pass, if any (who promoted, why a bake was skipped...).
+
+    Public so that other engines can be given exactly the same guards (benchmarks/bench_machine.py).
+    """
     if action is Action.SUCCEED and step.kind is StepKind.BAKE:
         duration = step.duration_s or 0
         return lambda data: _number(data.get("elapsed_s")) >= duration
     if action is Action.SUCCEED and step.kind is StepKind.PROMOTION:
-        return lambda data: _text(data.get("by"))
+        return lambda data: is_text(data.get("by"))
     if action is Action.SKIP:
-        return lambda data: _text(data.get("reason")) and _text(data.get("by"))
+        return lambda data: is_text(data.get("reason")) and is_text(data.get("by"))
     return None
 
 
@@ -582,7 +586,8 @@ def describe_event(action: Action | str, step: str | None) -> str:
     return name if step is None else f"{name} {step}"
 
 
-def _text(value: object) -> bool:
+def is_text(value: object) -> bool:
+    """Non-empty text (who, why)."""
     return isinstance(value, str) and bool(value.strip())
 
 

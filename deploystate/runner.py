@@ -151,15 +151,16 @@ class Runner:
                 canceled.append({"deployment_id": current.id, "status": after.status, "by": by,
                                  "reason": "retry"})
 
-        def choose(view: RolloutView, now: float) -> list[Entry]:
-            facts = [Entry(Action.CANCELED.value, now, by, step.name, data) for data in canceled]
-            try:
-                return [*facts, *operator.retry(view, target, by, now)]
-            except DeploystateError:
-                if facts:  # the cancel happened out there: keep it, whatever became of the retry
-                    self._operate(rollout_id, lambda view, now: facts)
-                raise
-        return self._operate(rollout_id, choose)
+        def facts(now: float) -> list[Entry]:
+            return [Entry(Action.CANCELED.value, now, by, step.name, data) for data in canceled]
+
+        try:
+            return self._operate(rollout_id,
+                                 lambda view, now: [*facts(now), *operator.retry(view, target, by, now)])
+        except DeploystateError:
+            if canceled:  # the cancel happened out there: keep it, whatever became of the retry
+                self._operate(rollout_id, lambda view, now: facts(now))
+            raise
 
     def abort(self, rollout_id: str, by: str, reason: str, *, leave_running: bool = False) -> RolloutView:
         """Abort the rollout, then have the deployer cancel its deployments that still run.

@@ -14,6 +14,7 @@ other, and its versions, clock and files are its own business (``Backends.check_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,19 @@ WORLD = "world"  # the simulated backend's setting: its world's file (in memory 
 
 
 def world_beside(store: Path) -> Path:
-    """Where a simulated world lives next to a journal file, so both survive a killed process."""
-    return store.with_name(store.name + WORLD_SUFFIX)
+    """Where a simulated world lives next to a journal file, so both survive a killed process.
+
+    Beside the journal itself, whatever symbolic link it is reached through: a world beside the
+    link would be a second, empty one, and the rollout would go on there (pipeline numbers from 1
+    again, a clock hours behind).  A world an older deploystate made beside the link (and none
+    beside the journal) is kept: it is the one that rollout ran in.
+    """
+    given = store.with_name(store.name + WORLD_SUFFIX)
+    real = Path(os.path.realpath(store))
+    if real == Path(os.path.abspath(store)):
+        return given  # no link on the way: the path as given
+    beside = real.with_name(real.name + WORLD_SUFFIX)
+    return given if given.exists() and not beside.exists() else beside
 
 
 def settings_for_simulate(base: Mapping[str, Any], *, spec: Spec, store: Path | None, seed: int | None,

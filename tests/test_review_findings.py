@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from deploystate import MemoryStore, Runner, RunnerConfig, default_spec, rebuild
+from deploystate import MemoryStore, Runner, RunnerConfig, SQLiteStore, default_spec, rebuild
+from deploystate.cli import main
 from deploystate.doubles import FakeDeployer, ManualClock, fake_backends
 from deploystate.errors import DeploystateError
 from deploystate.journal import Entry
 from deploystate.ports import Deployment, Outcome, TriggerRequest
+from deploystate.simulation import world_beside
 
 VERSION = "13.10.202103011220"
 
@@ -83,3 +87,34 @@ def test_a_simulated_rollout_created_before_deploys_is_not_said_to_deploy() -> N
     Runner(made, simulated).create(VERSION, default_spec())
     view = rebuild(_as_old_journal(made, VERSION).read(VERSION))
     assert view.deploys is False
+
+
+def test_a_journal_reached_through_a_symbolic_link_is_run_against_its_own_simulated_world(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The world was looked for beside the link (sub/journal.sqlite.sim), a new empty one, and the
+    # identity (the world's file name) matched: the rollout went on in another world, whose
+    # pipeline numbers start at 1 again and whose clock is hours behind the journal's.
+    monkeypatch.chdir(tmp_path)
+    assert main(["start", VERSION, "--store", "journal.sqlite"]) == 0
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "journal.sqlite").symlink_to("../journal.sqlite")
+    (tmp_path / "link.sqlite").symlink_to("journal.sqlite")
+    monkeypatch.chdir(sub)
+    assert main(["run", VERSION, "--store", "journal.sqlite"]) == 1  # waits for promotion
+    assert not (sub / "journal.sqlite.sim").exists(), "a second simulated world was made beside the link"
+    monkeypatch.chdir(tmp_path)
+    assert main(["promote", VERSION, "--by", "rm", "--store", "link.sqlite"]) == 0
+    assert main(["run", VERSION, "--store", "link.sqlite"]) == 0
+    capsys.readouterr()
+    with SQLiteStore(tmp_path / "journal.sqlite") as store:
+        ids = [r.data["deployment_id"] for r in store.read(VERSION) if r.action == "triggered"]
+    assert len(ids) == len(set(ids)) == 4, ids
+
+
+def test_world_beside_keeps_a_world_made_beside_a_link_by_an_older_deploystate(tmp_path: Path) -> None:
+    (tmp_path / "journal.sqlite").touch()
+    (tmp_path / "link.sqlite").symlink_to("journal.sqlite")
+    assert world_beside(tmp_path / "link.sqlite") == tmp_path / "journal.sqlite.sim"
+    (tmp_path / "link.sqlite.sim").touch()  # the rollout was made through the link: its world is there
+    assert world_beside(tmp_path / "link.sqlite") == tmp_path / "link.sqlite.sim"

@@ -524,6 +524,7 @@ def _start(args: argparse.Namespace) -> int:
     settings = _configured_settings(config, store_path)
     # An unknown backend or a version it refuses is an error before any file is made.
     version = _new_version(config.backend, settings, args.version)
+    config.strategy.check(spec)  # a plan under which nothing deploys: refused before any file is made
     with _journal(store_path, create=True) as store, _open_backends(config.backend, settings) as backends:
         if version in store.rollouts():
             raise DeploystateError(f"rollout {version} already exists in {store_path}; see it with "

@@ -118,3 +118,13 @@ def test_world_beside_keeps_a_world_made_beside_a_link_by_an_older_deploystate(t
     assert world_beside(tmp_path / "link.sqlite") == tmp_path / "journal.sqlite.sim"
     (tmp_path / "link.sqlite.sim").touch()  # the rollout was made through the link: its world is there
     assert world_beside(tmp_path / "link.sqlite") == tmp_path / "link.sqlite.sim"
+
+
+def test_a_plan_refused_at_start_makes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused ("nothing would really deploy", exit 2, "nothing written"), yet the journal, its
+    # structured log and a simulated world were made.
+    monkeypatch.chdir(tmp_path)
+    assert main(["start", VERSION, "--spec", "reordered"]) == 2
+    assert "nothing would really deploy" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

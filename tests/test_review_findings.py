@@ -13,6 +13,7 @@ from deploystate.errors import DeploystateError
 from deploystate.journal import Entry
 from deploystate.ports import Deployment, Outcome, TriggerRequest
 from deploystate.simulation import world_beside
+from deploystate.strategy import Strategy
 
 VERSION = "13.10.202103011220"
 
@@ -128,3 +129,21 @@ def test_a_plan_refused_at_start_makes_no_file(tmp_path: Path, monkeypatch: pyte
     assert main(["start", VERSION, "--spec", "reordered"]) == 2
     assert "nothing would really deploy" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_runner_triggers_each_step_as_the_rollouts_recorded_plan_says() -> None:
+    # The plan is recorded at 'create' (here: individual deployments real, the legacy one a dry
+    # run), and the machine, the standing and the notices follow it.  But 'start' records took ref
+    # and check mode from the runner's own settings: a runner built with today's settings (the
+    # default plan) triggered the legacy all-environments deployment for REAL on master, gprd
+    # included, past deploystate's bake and promotion, in a rollout whose plan says it is a dry run.
+    store = MemoryStore()
+    deployer = FakeDeployer()
+    backends = fake_backends(deployer=deployer, clock=ManualClock())
+    created_with = RunnerConfig(strategy=Strategy(individual_deployments=True), auto_promote="rm")
+    Runner(store, backends, config=created_with).create(VERSION, default_spec())
+    Runner(store, backends, config=RunnerConfig(auto_promote="rm")).run(VERSION)
+    legacy = [t.request for t in deployer.triggers() if "trigger_complete_deployment" in t.key]
+    assert legacy and all(r.check_mode and r.ref == "next-gen" for r in legacy), legacy
+    gprd = [t.request for t in deployer.triggers() if "trigger_gprd" in t.key]
+    assert gprd and all(not r.check_mode and r.ref == "master" for r in gprd), gprd

@@ -11,7 +11,8 @@ from deploystate.cli import main
 from deploystate.doubles import FakeDeployer, ManualClock, fake_backends
 from deploystate.errors import DeploystateError
 from deploystate.journal import Entry
-from deploystate.ports import Deployment, Outcome, TriggerRequest
+from deploystate.ports import BackendError, Deployment, Outcome, TriggerRequest
+from deploystate.runner import Stop
 from deploystate.simulation import world_beside
 from deploystate.strategy import Strategy
 
@@ -147,3 +148,31 @@ def test_a_runner_triggers_each_step_as_the_rollouts_recorded_plan_says() -> Non
     assert legacy and all(r.check_mode and r.ref == "next-gen" for r in legacy), legacy
     gprd = [t.request for t in deployer.triggers() if "trigger_gprd" in t.key]
     assert gprd and all(not r.check_mode and r.ref == "master" for r in gprd), gprd
+
+
+class _LostAnswer(FakeDeployer):
+    """A deployer that makes the first pipeline but whose answer is lost (a time-out)."""
+
+    def trigger(self, request: TriggerRequest) -> Deployment:
+        made = super().trigger(request)
+        if len(self.triggers()) == 1:
+            raise BackendError("read timed out", transient=True)
+        return made
+
+
+def test_an_abort_during_a_trigger_in_doubt_cancels_the_pipeline_it_made() -> None:
+    # The trigger's answer was lost; the runner waits trigger_doubt_s to look its key up.  An abort
+    # meanwhile cancels only deployments the journal knows, and after it nobody looks the key up:
+    # the pipeline the deployer did make deploys on, unknown to the journal and never canceled.
+    store = MemoryStore()
+    deployer = _LostAnswer(lambda request, reads: Outcome.WAITING)
+    backends = fake_backends(deployer=deployer, clock=ManualClock())
+    runner = Runner(store, backends, config=RunnerConfig(auto_promote="rm"))
+    runner.create(VERSION, default_spec())
+    assert runner.run(VERSION, max_wakeups=0).stop is Stop.PAUSED
+    assert any(r.data.get("trigger_in_doubt") for r in store.read(VERSION))
+    runner.abort(VERSION, "ops", "incident")
+    runner.run(VERSION)
+    lost = deployer.triggers()[0]
+    assert all(t.canceled for t in deployer.triggers() if t is not lost)  # those the journal knew
+    assert lost.canceled, "the pipeline of a trigger in doubt is left deploying after the abort"

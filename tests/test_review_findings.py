@@ -176,3 +176,33 @@ def test_an_abort_during_a_trigger_in_doubt_cancels_the_pipeline_it_made() -> No
     lost = deployer.triggers()[0]
     assert all(t.canceled for t in deployer.triggers() if t is not lost)  # those the journal knew
     assert lost.canceled, "the pipeline of a trigger in doubt is left deploying after the abort"
+
+
+def test_a_pipeline_retried_in_the_deployer_is_not_timed_out_for_the_time_before_its_retry() -> None:
+    # The legacy deployment's pipeline fails after 5 h; a person retries its job in GitLab half an
+    # hour later and it runs for another hour.  The resumed step is still timed from its first
+    # start: at 6 h it is failed "timed out: still running after 360 min", announced to the
+    # release managers, although its retry has run for 30 minutes.
+    clock = ManualClock()
+    t0 = clock.now()
+
+    def deployer(request: TriggerRequest, reads: int) -> Outcome:
+        if "trigger_complete_deployment" not in request.key:
+            return Outcome.SUCCEEDED
+        elapsed = clock.now() - t0
+        if elapsed < 5 * 3600:
+            return Outcome.WAITING
+        if elapsed < 5.5 * 3600:
+            return Outcome.FAILED
+        return Outcome.WAITING if elapsed < 6.5 * 3600 else Outcome.SUCCEEDED
+
+    store = MemoryStore()
+    backends = fake_backends(deployer=FakeDeployer(deployer), clock=clock)
+    runner = Runner(store, backends, config=RunnerConfig(auto_promote="rm"))
+    runner.create(VERSION, default_spec())
+    result = runner.run(VERSION)
+    records = store.read(VERSION)
+    assert any(r.action == "resume" and r.step == "trigger_complete_deployment" for r in records)
+    timed_out = [r.data["reason"] for r in records if r.action == "fail" and r.data.get("timed_out")]
+    assert timed_out == [], timed_out
+    assert result.stop is Stop.DONE

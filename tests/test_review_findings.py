@@ -206,3 +206,32 @@ def test_a_pipeline_retried_in_the_deployer_is_not_timed_out_for_the_time_before
     timed_out = [r.data["reason"] for r in records if r.action == "fail" and r.data.get("timed_out")]
     assert timed_out == [], timed_out
     assert result.stop is Stop.DONE
+
+
+class _ForgetfulDeployer(FakeDeployer):
+    """A deployer whose pipelines can be deleted (GitLab answers 404 for them from then on)."""
+
+    deleted: bool = False
+
+    def status(self, deployment_id: str) -> Deployment:
+        if self.deleted:
+            raise BackendError(f"404 Not found: pipeline {deployment_id}", transient=False)
+        return super().status(deployment_id)
+
+
+def test_a_failed_step_whose_pipeline_is_gone_can_be_retried() -> None:
+    # 'retry' first asks whether the last pipeline still runs; a pipeline that no longer exists
+    # (deleted, or the deployer says 404) refuses the retry with "try again", for ever: the only
+    # way on is to abort the rollout.  A pipeline that is gone runs nothing.
+    def deployer(request: TriggerRequest, reads: int) -> Outcome:
+        return Outcome.FAILED if "trigger_complete_deployment" in request.key else Outcome.SUCCEEDED
+
+    store = MemoryStore()
+    fake = _ForgetfulDeployer(deployer)
+    backends = fake_backends(deployer=fake, clock=ManualClock())
+    runner = Runner(store, backends, config=RunnerConfig(auto_promote="rm"))
+    runner.create(VERSION, default_spec())
+    assert runner.run(VERSION).stop is Stop.FAILED
+    fake.deleted = True
+    view = runner.retry(VERSION, "trigger_complete_deployment", "rm")
+    assert view.steps["trigger_complete_deployment"].phase.value == "pending"

@@ -121,7 +121,7 @@ def stop_of(view: RolloutView, now: float, config: RunnerConfig) -> Stop | None:
             return None
         if state.phase is Phase.FAILED and still_watched(step, state, now, config):
             return None
-    if view.ready():
+    if view.ready_steps:
         return None
     if standing.failed:
         return Stop.FAILED
@@ -134,6 +134,9 @@ def still_watched(step: Step, state: StepState, now: float, config: RunnerConfig
     """A failed step is watched a while for a retry made outside (in the deployer's UI)."""
     watchable = step.kind is StepKind.PACKAGE_WAIT or state.deployment_id is not None
     return watchable and state.failed_at is not None and now - state.failed_at < config.failed_watch_s
+
+
+_LEFT_TO_THE_ROLLOUT = frozenset({Phase.PENDING, Phase.SUCCEEDED})  # a step's own pass skips these
 
 
 class _Decider:
@@ -150,11 +153,13 @@ class _Decider:
     # -- the whole rollout ----------------------------------------------------------------
     def all_steps(self) -> Decision:
         view = self.view
+        states = view.steps
         for step in view.spec.steps:
-            self._step(step)
-        if self.entries or self.calls or not view.active:
+            if states[step.name].phase not in _LEFT_TO_THE_ROLLOUT:  # _step would do nothing
+                self._step(step)
+        if self.entries or self.calls or not self.active:
             return self._decision()
-        for name in view.ready():
+        for name in view.ready_steps:
             self._start(view.spec.step(name))
         if not self.entries and view.can_finish():
             self.entries.append(self._entry(Action.FINISH, None, {}))
@@ -163,7 +168,7 @@ class _Decider:
     def one_step(self, name: str) -> Decision:
         step = self.view.spec.step(name)
         self._step(step)
-        if not self.entries and not self.calls and name in self.view.ready():
+        if not self.entries and not self.calls and name in self.view.ready_steps:
             self._start(step)
         return self._decision()
 

@@ -62,7 +62,37 @@ def check_rollout_id(rollout_id: str) -> None:
                            "'+', '_' and '-', starting with a letter or a digit")
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
+def _plainly_json(value: Mapping[str, JSONValue]) -> bool:
+    """True when ``value`` is surely plain JSON: a dict of text keys whose values are text, whole
+    numbers, booleans, None, finite floats, or lists of those (what the core itself writes).
+    False means "not sure": :func:`_check_data` then asks ``json.dumps`` as before."""
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return False
+        if kind in _PLAIN:
+            continue
+        if kind is float:
+            if item - item != 0.0:  # inf or nan
+                return False
+            continue
+        if kind is list or kind is tuple:
+            for part in item:
+                if type(part) not in _PLAIN:
+                    return False
+            continue
+        return False
+    return True
+
+
 def _check_data(instance: object, _attribute: object, value: Mapping[str, JSONValue]) -> None:
+    if _plainly_json(value):
+        return  # what json.dumps below would accept, found without encoding it
     try:
         json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as error:
@@ -122,14 +152,16 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, list[Record]] = {}
-        self._summaries: dict[str, tuple[int, str]] = {}  # rollout -> (seq it describes, JSON)
+        # rollout -> (seq it describes, its JSON text, or a flat dict of plain values in the key
+        # order that text would have: decoding the text would give that very dict back)
+        self._summaries: dict[str, tuple[int, str | dict[str, JSONValue]]] = {}
         self._lock = threading.Lock()
         self._held: set[str] = set()
 
     def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
                summary: Mapping[str, JSONValue] | None = None) -> list[Record]:
         check_rollout_id(rollout_id)
-        text = None if summary is None else summary_text(summary)
+        text = None if summary is None else _flat_summary(summary) or summary_text(summary)
         with self._lock:
             existing = self._records.get(rollout_id, [])
             last = existing[-1].seq if existing else 0
@@ -166,7 +198,8 @@ class MemoryStore:
         with self._lock:
             kept = {rid: (records[-1].seq, self._summaries.get(rid))
                     for rid, records in self._records.items()}
-        return {rid: (last, None if s is None else Summary(s[0], json.loads(s[1])))
+        return {rid: (last, None if s is None else Summary(s[0], json.loads(s[1]) if isinstance(s[1], str)
+                                                            else dict(s[1])))
                 for rid, (last, s) in kept.items()}
 
     @contextlib.contextmanager
@@ -190,6 +223,19 @@ class MemoryStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _flat_summary(summary: Mapping[str, JSONValue]) -> dict[str, JSONValue] | None:
+    """``summary`` as ``json.loads(summary_text(summary))`` would give it back, when it is a flat
+    dict of text keys and plain values (the core's summaries are): then nothing needs encoding.
+    None when it is anything else (it is then kept as text, checked by :func:`summary_text`)."""
+    if type(summary) is not dict:
+        return None
+    for key, value in summary.items():
+        kind = type(value)
+        if type(key) is not str or not (kind in _PLAIN or (kind is float and value - value == 0.0)):
+            return None
+    return dict(sorted(summary.items()))
 
 
 def summary_text(summary: Mapping[str, JSONValue]) -> str:

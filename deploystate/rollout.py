@@ -12,7 +12,9 @@ intent, written before the deployer is called.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +91,7 @@ class RolloutView:
     ended_at: float | None = None
     abort_reason: str | None = None
     _standing: Standing | None = attrs.field(default=None, init=False, repr=False, eq=False)
+    _ready: tuple[str, ...] | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
     @property
     def standing(self) -> Standing:
@@ -140,10 +143,26 @@ class RolloutView:
 
     def ready(self) -> list[str]:
         """Pending steps whose needs have all succeeded: what may start now."""
-        if not self.active:
-            return []
-        return [s.name for s in self.spec.steps if self.steps[s.name].phase is Phase.PENDING
-                and all(self.steps[n].phase is Phase.SUCCEEDED for n in s.needs)]
+        return list(self.ready_steps)
+
+    @property
+    def ready_steps(self) -> tuple[str, ...]:
+        """:meth:`ready` as a tuple, worked out once per view (a view never changes)."""
+        ready = self._ready
+        if ready is None:
+            found: list[str] = []
+            if self.active:
+                steps = self.steps
+                for s in self.spec.steps:
+                    if steps[s.name].phase is Phase.PENDING:
+                        for need in s.needs:
+                            if steps[need].phase is not Phase.SUCCEEDED:
+                                break
+                        else:
+                            found.append(s.name)
+            ready = tuple(found)
+            object.__setattr__(self, "_ready", ready)
+        return ready
 
     def can_finish(self) -> bool:
         """Every step the real path needs succeeded, and every dry run is over (or can never start)."""
@@ -179,8 +198,9 @@ class RolloutView:
 
 def summary_of(view: RolloutView) -> dict[str, Any]:
     """What a store keeps beside the records so listings need not replay (plain JSON)."""
+    standing = view.standing
     return {"rollout": view.rollout_id, "version": view.version, "spec": view.spec.name,
-            "status": view.status, "situation": view.standing.situation, "where": view.standing.where.value,
+            "status": view.status, "situation": standing.situation, "where": standing.where.value,
             "created_at": view.created_at, "last_at": view.last_at, "records": view.seq}
 
 
@@ -293,9 +313,8 @@ class _Replay:
 
     def apply(self, record: Record, *, refuse: bool = False) -> None:
         rid = self.view.rollout_id
-        try:
-            action = Action(record.action)
-        except ValueError:
+        action = _ACTIONS.get(record.action)
+        if action is None:
             raise JournalCorrupt(f"rollout {rid}: record {record.seq} has unknown action "
                                  f"{record.action!r}; it was written by a newer deploystate?") from None
         data = record.data
@@ -337,7 +356,7 @@ class _Replay:
             if found is None:
                 raise JournalCorrupt(f"rollout {self.view.rollout_id}: record {record.seq} names unknown "
                                      f"step {record.step!r}")
-            fields = self.changed[name] = {n: getattr(found, n) for n in _fields(StepState)}
+            fields = self.changed[name] = dict(zip(_STEP_FIELDS, _step_values(found), strict=True))
         return fields
 
     def _fire(self, action: Action, step: str | None, data: Mapping[str, Any]) -> State:
@@ -352,11 +371,19 @@ class _Replay:
 
 def _phase_in(state: State, name: str) -> Phase:
     """``name``'s phase in a machine configuration (leaves are ``active.<step>.<phase>``)."""
+    phase = _phase_found(state, name)
+    if phase is None:
+        raise JournalCorrupt(f"step {name!r} has no phase in machine state {state!r}")
+    return phase
+
+
+@functools.lru_cache(maxsize=4096)  # a spec's machine has few configurations; replays meet them again
+def _phase_found(state: State, name: str) -> Phase | None:
     prefix = f"{ACTIVE}.{name}."
     for leaf in (state,) if isinstance(state, str) else state:
         if leaf.startswith(prefix):
             return Phase(leaf[len(prefix):])
-    raise JournalCorrupt(f"step {name!r} has no phase in machine state {state!r}")
+    return None
 
 
 def _after_event(step: dict[str, Any], record: Record, action: Action, phase: Phase) -> None:
@@ -416,12 +443,34 @@ def _fields(kind: type) -> tuple[str, ...]:
     return names
 
 
+_GETTERS: dict[type, operator.attrgetter[Any]] = {}
+
+
+def _getter(kind: type, names: tuple[str, ...]) -> operator.attrgetter[Any]:
+    """Reads every one of ``names`` at once, as a tuple (several fields: attrgetter gives a tuple)."""
+    getter = _GETTERS.get(kind)
+    if getter is None:
+        assert len(names) > 1
+        getter = _GETTERS[kind] = operator.attrgetter(*names)
+    return getter
+
+
+_ACTIONS: dict[str, Action] = {action.value: action for action in Action}  # Action(text), without enum's cost
+_STEP_FIELDS = _fields(StepState)
+_step_values = operator.attrgetter(*_STEP_FIELDS)  # a step's fields as a tuple, in that order
+
+
 def _replace(value: _Value, **changes: Any) -> _Value:
     """``attrs.evolve`` without its checks (these classes have no validators)."""
     kind = type(value)
     made = object.__new__(kind)
-    for name in _fields(kind):
-        object.__setattr__(made, name, changes[name] if name in changes else getattr(value, name))
+    setattr_ = object.__setattr__
+    names = _fields(kind)
+    for name, kept in zip(names, _getter(kind, names)(value), strict=True):
+        setattr_(made, name, kept)
+    for name, changed in changes.items():
+        setattr_(made, name, changed)
     if kind is RolloutView:
         object.__setattr__(made, "_standing", None)  # worked out again when asked
+        object.__setattr__(made, "_ready", None)
     return made

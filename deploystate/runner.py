@@ -283,7 +283,8 @@ class Runner:
                     break
             else:
                 if decision.idle:
-                    return view, attrs.evolve(decision, wake_at=self._with_hint(decision.wake_at))
+                    return view, Decision(decision.entries, decision.calls,
+                                          self._with_hint(decision.wake_at), decision.stop)
                 continue
             view = self._caught_up(view)
         return view, Decision(wake_at=self.clock.now())  # a long pass: look again at once

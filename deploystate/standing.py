@@ -104,26 +104,26 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
 
     A failed ``optional`` step (a dry run) is no failure of the rollout: it is told apart.
     """
-    dry_runs = tuple(s.name for s in spec.steps if s.name in optional and steps[s.name].phase is Phase.FAILED)
-    if status == "done":
-        return Standing(Where.DONE, dry_runs_failed=dry_runs)
-    if status == "aborted":
-        return Standing(Where.ABORTED, abort_reason=abort_reason, dry_runs_failed=dry_runs)
     failed: list[str] = []
+    dry_runs: list[str] = []
     running: list[str] = []
     promotion: list[str] = []
     baking: list[str] = []
-    for step in spec.steps:
-        phase = steps[step.name].phase
+    for step in spec.steps:  # one pass over the steps, in the spec's order
+        name = step.name
+        phase = steps[name].phase
         if phase is Phase.FAILED:
-            if step.name not in optional:
-                failed.append(step.name)
+            (dry_runs if name in optional else failed).append(name)
         elif phase is Phase.RUNNING:
-            running.append(step.name)
+            running.append(name)
             if step.kind is StepKind.PROMOTION:
-                promotion.append(step.name)
+                promotion.append(name)
             elif step.kind is StepKind.BAKE:
-                baking.append(step.name)
+                baking.append(name)
+    if status == "done":
+        return Standing(Where.DONE, dry_runs_failed=tuple(dry_runs))
+    if status == "aborted":
+        return Standing(Where.ABORTED, abort_reason=abort_reason, dry_runs_failed=tuple(dry_runs))
     if failed:
         where = Where.FAILED
     elif promotion and len(promotion) == len(running):
@@ -133,4 +133,4 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
     else:
         where = Where.READY
     return Standing(where, tuple(failed), tuple(running), tuple(promotion), tuple(baking),
-                    dry_runs_failed=dry_runs)
+                    dry_runs_failed=tuple(dry_runs))

@@ -40,6 +40,7 @@ class Ask(enum.StrEnum):
     STATUS = "status"  # the deployment's status
     FIND = "find"  # the deployment triggered with this key, if any
     TRIGGER = "trigger"  # start the deployment
+    CANCEL = "cancel"  # stop a deployment of an aborted rollout
 
 
 @attrs.frozen
@@ -146,6 +147,10 @@ class _Decider:
         self.config = config
         self.now = outside.now
         self.active = view.active
+        # Aborted without --leave-running: what still deploys is stopped, a trigger in flight or
+        # in doubt included (found by its key), and nothing is triggered.
+        self.cleaning = view.status == "aborted" and not view.leave_running
+        self.cleanup_pending = False
         self.entries: list[Entry] = []
         self.calls: list[Call] = []
         self.wake: list[float] = []
@@ -174,7 +179,7 @@ class _Decider:
 
     def _decision(self) -> Decision:
         stop = None
-        if not self.entries and not self.calls:
+        if not self.entries and not self.calls and not self.cleanup_pending:
             stop = stop_of(self.view, self.now, self.config)
             if stop is Stop.FAILED:
                 self._last_looks()
@@ -195,6 +200,8 @@ class _Decider:
             # Even an ended rollout keeps a trigger the deployer accepted: it happened.
             self._trigger(step, state, seen)
         elif not self.active:
+            if self.cleaning and phase is Phase.RUNNING and step.targets and not state.canceled:
+                self._cancel(step, state, seen)
             return
         elif phase is Phase.RUNNING:
             self._running(step, state, seen)
@@ -206,7 +213,7 @@ class _Decider:
         data: dict[str, Any] = {}
         if step.targets:
             attempt = state.attempt + 1
-            strategy = self.config.strategy
+            strategy = self.view.strategy  # the plan the rollout was created with, not today's
             data = {"key": f"{self.view.rollout_id}/{step.name}/{attempt}", "attempt": attempt,
                     "environments": list(step.targets), "ref": strategy.ref_for(step),
                     "check_mode": strategy.check_mode_for(step), "version": self.view.version}
@@ -327,7 +334,9 @@ class _Decider:
                 self.entries.append(self._entry(Action.TRIGGERED, step.name, data))
                 return
             if not self.active:
-                return
+                if self.cleaning and seen.error is not None and seen.transient:
+                    self._clean_up_later(self.now + self.config.wait_policy.min_interval_s)
+                return  # looked up (or failed for good): nothing to stop, and nothing is triggered
             if seen.error is None:  # looked up: nobody triggered it
                 self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
                 return
@@ -344,13 +353,35 @@ class _Decider:
                 return
             self._trouble(step, state, seen)  # the look-up itself failed: look again later
             return
-        if not self.active:
+        if not self.active and not self.cleaning:
             return
         doubt_ends = (state.doubt_since or 0.0) + self.config.trigger_doubt_s
         if state.doubt_since is not None and self.now < doubt_ends:
-            self.wake.append(doubt_ends)
+            if self.active:
+                self.wake.append(doubt_ends)
+            else:
+                self._clean_up_later(doubt_ends)
             return
         self.calls.append(self._trigger_call(step, state, Ask.FIND))
+
+    def _clean_up_later(self, at: float) -> None:
+        self.wake.append(at)
+        self.cleanup_pending = True
+
+    def _cancel(self, step: Step, state: StepState, seen: Seen | None) -> None:
+        """Stop the deployment of an aborted rollout (one the abort itself could not know of)."""
+        if seen is None or seen.call.ask is not Ask.CANCEL:
+            self.calls.append(Call(Ask.CANCEL, step.name, state.attempt, deployment_id=state.deployment_id))
+            return
+        if seen.error is None and seen.deployment is not None:
+            self.entries.append(self._entry(Action.CANCELED, step.name, {
+                "deployment_id": seen.deployment.id, "status": seen.deployment.status,
+                "by": self.config.actor, "reason": "abort"}))
+        elif state.last_status != f"error: {seen.error}":
+            self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                "status": f"error: {seen.error}", "severity": "error", "deployment_id": state.deployment_id,
+                "message": f"could not cancel pipeline {state.deployment_id} ({seen.error}); it may still "
+                           "be deploying: cancel it in the deployer"}))
 
     def _trigger_call(self, step: Step, state: StepState, ask: Ask) -> Call:
         assert state.key is not None

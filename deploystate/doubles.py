@@ -132,7 +132,7 @@ class FakeDeployer:
         for made in self._triggers:
             if made.id == deployment_id:
                 return made
-        raise BackendError(f"no deployment {deployment_id}", transient=False)
+        raise BackendError(f"no deployment {deployment_id}", transient=False, gone=True)
 
     def _deployment(self, made: FakeTrigger, status: str, outcome: Outcome) -> Deployment:
         finished = self._now() if outcome in (Outcome.SUCCEEDED, Outcome.FAILED) else None

@@ -47,10 +47,13 @@ def retry(view: RolloutView, target: str, by: str, now: float) -> list[Entry]:
     return [Entry(Action.RETRY.value, now, by, step.name, {"by": by})]
 
 
-def abort(view: RolloutView, by: str, reason: str, now: float) -> list[Entry]:
+def abort(view: RolloutView, by: str, reason: str, now: float, *, leave_running: bool = False) -> list[Entry]:
     if not view.active:
         raise DeploystateError(f"rollout {view.rollout_id} is already {view.status}; nothing to abort")
-    return [Entry(Action.ABORT.value, now, by, None, {"by": by, "reason": reason})]
+    data: dict[str, object] = {"by": by, "reason": reason}
+    if leave_running:
+        data["leave_running"] = True  # a runner finishing a trigger in flight leaves it alone too
+    return [Entry(Action.ABORT.value, now, by, None, data)]
 
 
 def resolve_target(spec: Spec, target: str) -> Step:

@@ -42,9 +42,10 @@ class BackendError(DeploystateError):
     runner looks the idempotency key up before it triggers again.
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, gone: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.gone = gone  # what was asked about does not exist (any more)
 
 
 def _environments(value: object) -> tuple[str, ...]:

@@ -62,6 +62,7 @@ class StepState:
     timed_out: bool = False  # the last failure was the runner giving up waiting
     closed_by: str | None = None  # who promoted, or skipped the bake
     closing: Action | None = None  # the action that last ended it (succeed, skip, fail)
+    canceled: bool = False  # its current deployment was canceled by a person's command
 
     @property
     def duration_s(self) -> float | None:
@@ -90,6 +91,7 @@ class RolloutView:
     steps: Mapping[str, StepState]
     ended_at: float | None = None
     abort_reason: str | None = None
+    leave_running: bool = False  # aborted with its running deployments left alone
     _standing: Standing | None = attrs.field(default=None, init=False, repr=False, eq=False)
     _ready: tuple[str, ...] | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
@@ -129,7 +131,10 @@ class RolloutView:
     @property
     def deploys(self) -> bool:
         """Whether its backend really deploys (False: a simulation)."""
-        return bool(self.created.get("deploys", True))
+        if "deploys" in self.created:
+            return bool(self.created["deploys"])
+        # Made before this was recorded: the simulated backend said so in its description.
+        return "nothing is ever deployed" not in str(self.created.get("backend", ""))
 
     @property
     def strategy(self) -> Strategy:
@@ -298,6 +303,7 @@ class _Replay:
         self.seq = view.seq
         self.last = view.last
         self.ended_at = view.ended_at
+        self.leave_running = view.leave_running
         self.abort_reason = view.abort_reason
         self.changed: dict[str, dict[str, Any]] = {}
 
@@ -309,7 +315,7 @@ class _Replay:
         for name, fields in self.changed.items():
             steps[name] = StepState(**fields)
         return _replace(view, state=self.state, seq=self.seq, last=self.last, ended_at=self.ended_at,
-                        abort_reason=self.abort_reason, steps=steps)
+                        leave_running=self.leave_running, abort_reason=self.abort_reason, steps=steps)
 
     def apply(self, record: Record, *, refuse: bool = False) -> None:
         rid = self.view.rollout_id
@@ -332,6 +338,7 @@ class _Replay:
                 self.ended_at = record.at
                 if action is Action.ABORT:
                     self.abort_reason = str(data.get("reason"))
+                    self.leave_running = bool(data.get("leave_running"))
             else:
                 _after_event(self._step(record), record, action, _phase_in(self.state, record.step))
         elif action is Action.CREATED:
@@ -340,8 +347,11 @@ class _Replay:
             step = self._step(record)
             if action is Action.TRIGGERED:
                 step.update(deployment_id=str(data.get("deployment_id")), web_url=data.get("web_url"),
-                            triggers=step["triggers"] + 1, doubt_since=None)
-            else:  # canceled, observed
+                            triggers=step["triggers"] + 1, doubt_since=None, canceled=False)
+            elif action is Action.CANCELED:
+                step.update(last_status=data.get("status"),
+                            canceled=str(data.get("deployment_id")) == str(step["deployment_id"]))
+            else:  # observed
                 step["last_status"] = data.get("status")
                 if data.get("trigger_in_doubt"):
                     step["doubt_since"] = record.at
@@ -399,7 +409,7 @@ def _after_event(step: dict[str, Any], record: Record, action: Action, phase: Ph
             first_started_at=record.at if step["first_started_at"] is None else step["first_started_at"],
             started_at=record.at, timed_from=_number(data.get("from"), record.at), ended_at=None,
             failed_at=None, finished_at=None, last_status=None, reason=None, doubt_since=None,
-            timed_out=False)
+            timed_out=False, canceled=False)
     elif action in (Action.SUCCEED, Action.SKIP):
         step.update(ended_at=record.at, reason=data.get("reason"), closed_by=data.get("by"), closing=action,
                     finished_at=_number(data.get("finished_at"), None))
@@ -407,7 +417,8 @@ def _after_event(step: dict[str, Any], record: Record, action: Action, phase: Ph
         step.update(failed_at=record.at, reason=data.get("reason"), timed_out=bool(data.get("timed_out")),
                     closing=action, finished_at=_number(data.get("finished_at"), None))
     elif action is Action.RESUME:
-        step.update(failed_at=None, reason=None, timed_out=False, closing=None)
+        # Retried out there: its wait limit counts from now (first_started_at keeps the duration).
+        step.update(failed_at=None, reason=None, timed_out=False, closing=None, started_at=record.at)
     # retry: pending again, its history kept
 
 

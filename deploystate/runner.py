@@ -86,6 +86,9 @@ class Runner:
         simulated one would deploy what nobody asked for.
         """
         recorded = view.created.get("belongs_to")
+        if recorded is None and view.deploys != self.backends.deploys:
+            # Made before rollouts recorded it: at least a simulation and a real backend differ.
+            recorded = str(view.created.get("backend"))
         if recorded is not None and recorded != self.backends.belongs_to:
             raise DeploystateError(
                 f"rollout {view.rollout_id} belongs to {recorded!r}, but this command uses "
@@ -138,8 +141,8 @@ class Runner:
         if view.active and state.phase is Phase.FAILED and state.deployment_id is not None:
             current = self._outside(lambda: self.backends.deployer.status(state.deployment_id or ""),
                                     f"cannot tell whether {step.name}'s pipeline {state.deployment_id} "
-                                    "still runs")
-            if current.outcome in _STILL_RUNNING:
+                                    "still runs", gone_ok=True)
+            if current is not None and current.outcome in _STILL_RUNNING:
                 if not cancel_running:
                     raise DeploystateError(
                         f"{step.name}'s last pipeline {current.id} is still {current.status}; a new attempt "
@@ -148,7 +151,8 @@ class Runner:
                 after = self._outside(lambda: self.backends.deployer.cancel(current.id),
                                       f"could not cancel {step.name}'s pipeline {current.id}; nothing was "
                                       "retried")
-                canceled.append({"deployment_id": current.id, "status": after.status, "by": by,
+                canceled.append({"deployment_id": current.id,
+                                 "status": after.status if after is not None else "canceled", "by": by,
                                  "reason": "retry"})
 
         def facts(now: float) -> list[Entry]:
@@ -168,7 +172,8 @@ class Runner:
         Each cancel is recorded; one that fails is announced as an error (cancel it by hand).
         ``leave_running`` leaves them alone.
         """
-        aborted = self._operate(rollout_id, lambda view, now: operator.abort(view, by, reason, now))
+        aborted = self._operate(rollout_id, lambda view, now: operator.abort(view, by, reason, now,
+                                                                              leave_running=leave_running))
         if leave_running:
             return aborted
         facts: list[tuple[str, str, dict[str, Any]]] = []
@@ -192,12 +197,19 @@ class Runner:
         return self._operate(rollout_id, lambda view, now: [Entry(action, now, by, name, data)
                                                              for action, name, data in facts])
 
-    def _outside(self, call: Callable[[], Deployment], trouble: str) -> Deployment:
-        """A call an operator command makes outside; its failure refuses the command."""
+    def _outside(self, call: Callable[[], Deployment], trouble: str, *,
+                 gone_ok: bool = False) -> Deployment | None:
+        """A call an operator command makes outside; its failure refuses the command.
+
+        ``gone_ok``: a deployment that no longer exists is no refusal (None): it runs no more.
+        """
         try:
             return call()
         except BackendError as error:
-            raise DeploystateError(f"{trouble} ({error}); try again") from None
+            if gone_ok and error.gone:
+                return None
+            advice = "try again" if error.transient else "fix that first"
+            raise DeploystateError(f"{trouble} ({error}); {advice}") from None
 
     def _operate(self, rollout_id: str,
                  choose: Callable[[RolloutView, float], Sequence[Entry]]) -> RolloutView:
@@ -354,6 +366,8 @@ class Runner:
                 return Seen(call, build=backends.packages.status(call.package or "", call.version or ""))
             if call.ask is Ask.STATUS:
                 return Seen(call, deployment=backends.deployer.status(call.deployment_id or ""))
+            if call.ask is Ask.CANCEL:
+                return Seen(call, deployment=backends.deployer.cancel(call.deployment_id or ""))
             assert call.request is not None
             if call.ask is Ask.FIND:
                 found = backends.deployer.find(call.request.key)

@@ -231,7 +231,7 @@ def test_an_operator_command_the_machine_refuses_writes_nothing(monkeypatch: pyt
     with pytest.raises(DeploystateError, match="already done"):
         runner.abort(VERSION, "alice", "too late")
     # Even without the operator's own check, the machine refuses it before anything is written.
-    monkeypatch.setattr(operator, "abort", lambda view, by, reason, now: [
+    monkeypatch.setattr(operator, "abort", lambda view, by, reason, now, leave_running=False: [
         operator.Entry(Action.ABORT.value, now, by, None, {"by": by, "reason": reason})])
     with pytest.raises(DeploystateError, match="refused in state done"):
         runner.abort(VERSION, "alice", "too late")

@@ -215,7 +215,8 @@ class _ForgetfulDeployer(FakeDeployer):
 
     def status(self, deployment_id: str) -> Deployment:
         if self.deleted:
-            raise BackendError(f"404 Not found: pipeline {deployment_id}", transient=False)
+            # A deployer says a deployment does not exist with `gone` (GitLab's 404 does).
+            raise BackendError(f"404 Not found: pipeline {deployment_id}", transient=False, gone=True)
         return super().status(deployment_id)
 
 
@@ -235,3 +236,10 @@ def test_a_failed_step_whose_pipeline_is_gone_can_be_retried() -> None:
     fake.deleted = True
     view = runner.retry(VERSION, "trigger_complete_deployment", "rm")
     assert view.steps["trigger_complete_deployment"].phase.value == "pending"
+
+
+def test_gitlab_says_a_404_is_gone_and_nothing_else_is() -> None:
+    from deploystate_backends.gitlab.client import GitLabApiError
+
+    assert GitLabApiError("pipeline 2: not found (404)", transient=False, status=404).gone
+    assert not GitLabApiError("forbidden (403)", transient=False, status=403).gone

@@ -36,7 +36,7 @@ class GitLabApiError(BackendError):
     """A BackendError from GitLab's API; ``status`` is the HTTP status GitLab answered, if any."""
 
     def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
-        super().__init__(message, transient=transient)
+        super().__init__(message, transient=transient, gone=status == 404)
         self.status = status
 
 

@@ -228,7 +228,15 @@ class SQLiteStore:
         if not self._immutable:
             db.execute("PRAGMA journal_mode=WAL")
         if version < SCHEMA_VERSION:
-            self._upgrade()
+            try:
+                self._upgrade()
+            except sqlite3.DatabaseError as error:
+                if ((getattr(error, "sqlite_errorcode", None) or 0) & 0xFF) != _SQLITE_READONLY:
+                    raise
+                # A read-only schema-1 journal is read as it is (writes are refused anyway): its
+                # rollouts worked out from the records, in this connection only.
+                db.execute("CREATE TEMP VIEW rollouts AS SELECT rollout_id, MAX(seq) AS last_seq, "
+                           "NULL AS summary_seq, NULL AS summary FROM records GROUP BY rollout_id")
         # Cheap, unlike quick_check: the first page of each table, so a file whose table roots
         # are damaged is refused on open even by commands that would read only one table.
         db.execute("SELECT 1 FROM records LIMIT 1").fetchall()

@@ -242,3 +242,37 @@ def test_a_journal_on_a_read_only_file_system(tmp_path: Path) -> None:
                                            "summaries": {RID: True}, "all": {RID: 1},
                                            "append": refused, "hold": refused}
     assert files(folder) == before
+
+
+def test_a_read_only_journal_of_schema_1_is_read_as_it_is(as_a_user: Run, tmp_path: Path) -> None:
+    """An old journal (schema 1: records only) cannot be upgraded when read-only: read it anyway."""
+    import sqlite3
+
+    from test_journal import V1_SCHEMA
+
+    from deploystate.sqlite_store import APPLICATION_ID
+
+    made = tmp_path / "made" / "journal.sqlite"
+    made.parent.mkdir()
+    make_journal(made)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    path = folder / "journal.sqlite"
+    new, old = sqlite3.connect(made), sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")  # as the old code made its journals
+    old.executescript(V1_SCHEMA)
+    old.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    new.execute("SELECT rollout_id, seq, action, at, actor, step, data FROM records"))
+    old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    new.close()
+    old.close()  # the last connection: its -wal is folded in and removed
+    before = files(folder)
+    with modes((path, 0o444), (folder, 0o555)):
+        seen = use(as_a_user, path)
+    assert "open" not in seen, seen
+    assert seen["rollouts"] == [RID] and seen["actions"] == ["created"]
+    assert seen["summaries"] == {RID: False}  # none kept: a listing rebuilds it
+    assert str(seen["append"]).startswith(f"JournalReadOnly: journal {path} is read-only")
+    assert files(folder) == before  # not upgraded, not changed

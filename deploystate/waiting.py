@@ -26,7 +26,7 @@ DEFAULT_EXPECTED_S: Mapping[str, float] = {
 
 
 # What makes sense, in seconds.  Below a second a poll loop hammers the API (0 s once made 6,297
-# GitLab requests in ten seconds); beyond these a typo waits for ever; nan and inf crash a sleep.
+# API requests in ten seconds); beyond these a typo waits for ever; nan and inf crash a sleep.
 MIN_INTERVAL_RANGE = (1.0, 3600.0)
 MAX_INTERVAL_RANGE = (1.0, 86400.0)
 FIXED_INTERVAL_RANGE = (1.0, 3600.0)

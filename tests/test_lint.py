@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -30,3 +31,15 @@ def test_ruff_finds_nothing() -> None:
 def test_mypy_strict_finds_nothing() -> None:
     result = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The core speaks of environments, packages and deployments; GitLab's words live in backends/.
+GITLAB_WORDS = re.compile(r"gitlab|gprd|gstg|omnibus|\bcng\b", re.IGNORECASE)
+
+
+def test_the_core_names_no_gitlab_word() -> None:
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in sorted((ROOT / "deploystate").rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if GITLAB_WORDS.search(line)]
+    assert found == [], "\n".join(found)

@@ -11,6 +11,8 @@ It is the :class:`Standin` itself: ``.url``, ``.world``, ``.faults``, ``.counter
 
 from __future__ import annotations
 
+import http.server
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,3 +57,20 @@ def gitlab_standin(standin_factory: Callable[..., Standin]) -> Standin:
 @pytest.fixture
 def gitlab_client(gitlab_standin: Standin) -> gitlab.Gitlab:
     return make_client(gitlab_standin)
+
+
+class HookCapture(http.server.BaseHTTPRequestHandler):
+    """A receiver of the stand-in's Pipeline Hooks: subclass it with a ``received`` list, which gets
+    each hook's headers and body."""
+
+    received: list[tuple[dict[str, str], dict[str, Any]]]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

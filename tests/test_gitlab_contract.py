@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from deploystate_backends.gitlab_standin import DEPLOYER, RELEASE_TOOLS, Script, VirtualClock, World
 from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
-from standin_fixtures import DEPLOYER_TRIGGER_TOKEN
+from standin_fixtures import DEPLOYER_TRIGGER_TOKEN, HookCapture
 
 EXAMPLES = Path(__file__).parent / "data" / "gitlab_examples"
 # Fields GitLab shows only in some states; the docs' examples happen to be in those states.
@@ -228,25 +228,11 @@ def test_trigger_token_lists_have_the_documented_shape(answers):
 # --- Pipeline Hooks, as the stand-in posts them -----------------------------------------------
 
 
-class _Capture(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], dict[str, Any]]]
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.received.append((dict(self.headers.items()), body))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def capture() -> Iterator[tuple[str, list[tuple[dict[str, str], dict[str, Any]]]]]:
     """A plain HTTP server that keeps every hook posted to it: (url, received)."""
     received: list[tuple[dict[str, str], dict[str, Any]]] = []
-    handler = type("Capture", (_Capture,), {"received": received})
+    handler = type("Capture", (HookCapture,), {"received": received})
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:

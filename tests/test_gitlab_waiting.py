@@ -35,6 +35,7 @@ from deploystate_backends.gitlab_standin import (
 )
 from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
 from deploystate_backends.gitlab_standin.shared_clock import Member, SharedVirtualClock
+from standin_fixtures import HookCapture
 
 from deploystate.journal import MemoryStore
 from deploystate.ports import Notice
@@ -411,23 +412,9 @@ def test_webhook_settings_are_checked_before_anything_starts(extra: dict[str, st
 # -- the stand-in's hooks themselves -------------------------------------------------------------
 
 
-class _Capture(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], dict[str, object]]]
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.received.append((dict(self.headers.items()), body))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_the_stand_in_posts_a_pipeline_hook_per_status_change_shaped_like_gitlab_s() -> None:
     received: list[tuple[dict[str, str], dict[str, object]]] = []
-    handler = type("Capture", (_Capture,), {"received": received})
+    handler = type("Capture", (HookCapture,), {"received": received})
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as capture:
         threading.Thread(target=capture.serve_forever, daemon=True).start()
         world = World(clock=VirtualClock())

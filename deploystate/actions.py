@@ -8,6 +8,18 @@ rollout) or a fact around the events (it changes nothing the machine knows):
 - ``canceled``: a person's command (retry, abort) had the deployer cancel a step's deployment.
 - ``observed``: something seen outside that is worth keeping (an unknown status, a trigger in
   doubt, a backend error that will be retried).
+- ``checked``: the production checks' results (``data["results"]``: one
+  :meth:`~deploystate.ports.CheckResult.as_dict` each), at a promotion or before a protected
+  deployment, whether they passed or not; ``data["for"]`` says which ("promotion", a step name).
+- ``overridden``: a person overrode failing checks: ``by``, ``reason``, ``checks`` (the names
+  failing then), ``at`` and ``until`` (epoch seconds).
+- ``superseded``: a newer version reached an environment first, so this rollout will not deploy
+  there (``environment``, ``by_version``, ``how``); the rollout ends as superseded.
+
+An environment's own journal (shared by every rollout of a store) has facts of its own:
+``locked`` / ``unlocked`` (``by``, ``reason``), ``claimed`` / ``released`` (``rollout``,
+``step``, ``key``, ``version``, ``rollback``; a release also has ``outcome``), ``queued``
+(a rollout waits for the environment).
 """
 
 from __future__ import annotations
@@ -30,6 +42,15 @@ class Action(enum.StrEnum):
     TRIGGERED = "triggered"
     CANCELED = "canceled"
     OBSERVED = "observed"
+    CHECKED = "checked"
+    OVERRIDDEN = "overridden"
+    SUPERSEDED = "superseded"
+    # facts of an environment's journal
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+    CLAIMED = "claimed"
+    RELEASED = "released"
+    QUEUED = "queued"
 
     @property
     def is_event(self) -> bool:
@@ -40,3 +61,5 @@ EVENTS = frozenset({Action.START, Action.SUCCEED, Action.FAIL, Action.RESUME, Ac
                     Action.FINISH, Action.ABORT})
 FACTS = frozenset(set(Action) - EVENTS)
 ROLLOUT_EVENTS = frozenset({Action.FINISH, Action.ABORT})
+ENVIRONMENT_FACTS = frozenset({Action.LOCKED, Action.UNLOCKED, Action.CLAIMED, Action.RELEASED,
+                               Action.QUEUED})

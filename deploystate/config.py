@@ -43,6 +43,8 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "waiting": {"min_interval_seconds": (int, float), "max_interval_seconds": (int, float),
                 "fixed_interval_seconds": (int, float)},
 }
+# Sections read by the modules they configure (each refuses its own unknown keys).
+_PASSED_ON = ("backends", "checks", "notify")
 _ENV = {
     "DEPLOYSTATE_BACKEND": ("deploystate", "backend"),
     "DEPLOYSTATE_STORE": ("deploystate", "store"),
@@ -111,6 +113,10 @@ class Config:
     runner: RunnerConfig = attrs.field(factory=RunnerConfig)
     backend_settings: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "defaults"
+    # [checks] and [checks.NAME] as the file gives them; deploystate.gates reads and checks them.
+    check_settings: Mapping[str, Any] = attrs.field(factory=dict)
+    # [notify.NAME] tables as the file gives them; deploystate.notify_config reads and checks them.
+    notify_settings: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def strategy(self) -> Strategy:
@@ -159,10 +165,13 @@ def _read(file: Path) -> dict[str, Any]:
 
 
 def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Config:
-    unknown = set(data) - set(_SECTIONS) - {"backends"}
+    unknown = set(data) - set(_SECTIONS) - set(_PASSED_ON)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: "
-                          f"{', '.join([*_SECTIONS, 'backends'])}")
+                          f"{', '.join([*_SECTIONS, *_PASSED_ON])}")
+    for section in _PASSED_ON:
+        if not isinstance(data.get(section, {}), Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table")
     values: dict[str, dict[str, Any]] = {}
     for section, fields in _SECTIONS.items():
         raw = data.get(section, {})
@@ -205,7 +214,8 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Conf
                           **{k: main[k] for k in ("actor", "deploy_user") if k in main},
                           **{_LIMITS[k]: 60.0 * v for k, v in limits.items()})
     return Config(**{k: main[k] for k in ("backend", "store", "spec") if k in main}, runner=runner,
-                  backend_settings={k: dict(v) for k, v in backends.items()}, source=source)
+                  backend_settings={k: dict(v) for k, v in backends.items()}, source=source,
+                  check_settings=dict(data.get("checks", {})), notify_settings=dict(data.get("notify", {})))
 
 
 def _release_managers(main: Mapping[str, Any], source: str) -> frozenset[str] | None:

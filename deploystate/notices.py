@@ -94,7 +94,8 @@ def notice_for(record: Record, runbook: str | None = None, *, dry_run: bool = Fa
         message = f"rollout {record.rollout_id} aborted by {record.actor}: {data.get('reason')}"
     else:
         message = f"{action} {step}".strip()
-    return Notice(record.rollout_id, record.at, severity, message, action, record.step, dict(data))
+    return Notice(record.rollout_id, record.at, severity, message, action, record.step, dict(data),
+                  record.seq)
 
 
 class LogNotifier:

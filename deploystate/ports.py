@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -67,6 +68,9 @@ class TriggerRequest:
     ref: str = attrs.field(validator=attrs.validators.min_len(1))
     check_mode: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     user: str = "deploystate"
+    # A deliberate redeploy of an older version (``deploystate rollback``): deployers that know
+    # one say so to their pipeline (e.g. a ``DEPLOY_ROLLBACK=true`` variable).
+    rollback: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen
@@ -152,12 +156,86 @@ class Notice:
     action: str
     step: str | None = None
     data: Mapping[str, object] = attrs.field(factory=dict)
+    seq: int | None = None  # the record's sequence number in its rollout (a notice's stable id with it)
 
 
 @runtime_checkable
 class Notifier(Protocol):
     def notify(self, notice: Notice) -> None:
-        """Tell people.  Must not raise for a rollout's sake; the runner reports it if it does."""
+        """Tell people.  May raise :class:`NotifierError` (or anything): delivery retries it later,
+        announces the trouble, and never lets it hold up a deployment."""
+        ...
+
+
+class NotifierError(DeploystateError):
+    """A notifier could not deliver a notice.  ``retry_after`` (seconds): the receiver said when to
+    try again (e.g. Slack's 429 with ``Retry-After``); ``permanent``: trying again cannot help
+    (a revoked webhook), though delivery still keeps the position and says so."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class Verdict(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"  # the check could not tell: counted as a failure (fail closed), said as such
+
+
+@attrs.frozen
+class CheckContext:
+    """What a production check is asked about: deploying ``version`` of ``rollout_id`` to
+    ``environment`` (``rollback``: a deliberate redeploy of an older version), at ``now``."""
+
+    rollout_id: str
+    version: str
+    environment: str
+    now: float
+    rollback: bool = False
+
+
+@attrs.frozen
+class CheckResult:
+    """One check's answer: a verdict, a one-line detail, and the evidence (links, failing series)."""
+
+    name: str = attrs.field(validator=attrs.validators.min_len(1))
+    verdict: Verdict = attrs.field(converter=Verdict)
+    detail: str = attrs.field(validator=attrs.validators.instance_of(str))
+    evidence: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.PASSED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "verdict": self.verdict.value, "detail": self.detail,
+                "evidence": list(self.evidence)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        return cls(str(data.get("name")), str(data.get("verdict")), str(data.get("detail", "")),
+                   tuple(str(e) for e in data.get("evidence", ()) or ()))
+
+
+@runtime_checkable
+class Check(Protocol):
+    """A production check (entry point group ``deploystate.checks``, or offered by a backend).
+
+    ``run`` must not raise for an outside failure: it returns ``Verdict.ERROR`` with what went
+    wrong (a closed port, a 500, an unreadable answer); the gate treats that as a failure.
+    ``rollback``: whether the check runs for rollbacks too (otherwise it is recorded as not run,
+    "this is a rollback").
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def rollback(self) -> bool: ...
+
+    def run(self, context: CheckContext) -> CheckResult:
         ...
 
 
@@ -241,8 +319,47 @@ class Store(Protocol):
         """
         ...
 
+    # -- environments: one journal per environment, shared by every rollout in the store --------
+    # Locks, claims (one deployment per environment at a time) and what succeeded there are
+    # records of the environment's own journal (``Record.rollout_id`` is the environment's name),
+    # appended with the sequence number expected, exactly like a rollout's: of two runners
+    # claiming one environment, one wins and the other reads again.
+
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+        """Append to ``environment``'s journal after record ``expected_seq`` (0: it has none yet).
+
+        ``JournalConflict`` if its last record is not ``expected_seq``; durable once it returns.
+        """
+        ...
+
+    def env_read(self, environment: str, after: int = 0) -> list[Record]:
+        """``environment``'s records after ``after``, in order; ``[]`` for one never written."""
+        ...
+
+    def environments(self) -> list[str]:
+        """Every environment with records, sorted."""
+        ...
+
+    # -- delivery: how far each notifier has been told a rollout's records -------------------------
+
+    def delivered(self, rollout_id: str) -> dict[str, int]:
+        """Each notifier's position in ``rollout_id``: the last record it accepted (absent: none)."""
+        ...
+
+    def set_delivered(self, rollout_id: str, notifier: str, seq: int) -> None:
+        """Durably move ``notifier``'s position in ``rollout_id`` to ``seq``; never backwards
+        (a lower ``seq`` than the kept one changes nothing)."""
+        ...
+
     def close(self) -> None:
         ...
+
+
+def natural_key(version: str) -> tuple[Any, ...]:
+    """The default order of versions: their runs of digits compared as numbers, the rest as text
+    (``13.10.202103011600`` after ``13.10.202103011500``, ``1.10`` after ``1.9``)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.findall(r"\d+|\D+", version))
 
 
 def accept_any_version(version: str) -> str:
@@ -280,6 +397,11 @@ class Backends:
     closer: Callable[[], None] = _nothing_to_close
     identity: str = ""
     deploys: bool = True  # False: nothing is ever deployed (a simulation); plans say so
+    # Production checks the backend offers, by name (a simulated backend simulates them all);
+    # the gate takes these before the ``deploystate.checks`` entry points of the same name.
+    checks: Mapping[str, Check] = attrs.field(factory=dict)
+    # Orders versions: "never an older version over a newer one" compares these keys.
+    version_key: Callable[[str], tuple[Any, ...]] = natural_key
 
     @property
     def belongs_to(self) -> str:

@@ -62,6 +62,28 @@ def check_rollout_id(rollout_id: str) -> None:
                            "'+', '_' and '-', starting with a letter or a digit")
 
 
+def check_environment_name(environment: str) -> None:
+    """``JournalError`` unless ``environment`` is a name every store accepts (the rules of rollout ids).
+
+    Reads check it too: a name that no journal can hold (``"gprd\\n"``) would otherwise read as an
+    environment nobody has claimed."""
+    if not isinstance(environment, str) or not _ROLLOUT_ID.fullmatch(environment):
+        raise JournalError(f"environment name {environment!r} is not valid; use 1 to 128 letters, digits, "
+                           "'.', '+', '_' and '-', starting with a letter or a digit")
+
+
+def check_delivery(rollout_id: str, notifier: str, seq: int) -> None:
+    """``JournalError`` unless ``set_delivered(rollout_id, notifier, seq)`` names a position at all
+    (whether the rollout has record ``seq`` is for the store to say)."""
+    check_rollout_id(rollout_id)
+    if not isinstance(notifier, str) or not notifier:
+        raise JournalError(f"notifier name {notifier!r} is not valid; give the name of its [notify.NAME] "
+                           "table")
+    if type(seq) is not int or seq < 0:
+        raise JournalError(f"a delivery position must be a record's sequence number (a whole number, 0 or "
+                           f"more), got {seq!r}")
+
+
 _PLAIN = (str, int, bool, type(None))
 
 
@@ -157,6 +179,8 @@ class MemoryStore:
         self._summaries: dict[str, tuple[int, str | dict[str, JSONValue]]] = {}
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        self._environments: dict[str, list[Record]] = {}
+        self._delivered: dict[str, dict[str, int]] = {}  # rollout -> notifier -> last record told
 
     def append(self, rollout_id: str, expected_seq: int, entries: Sequence[Entry],
                summary: Mapping[str, JSONValue] | None = None) -> list[Record]:
@@ -215,6 +239,45 @@ class MemoryStore:
             with self._lock:
                 self._held.discard(rollout_id)
 
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+        check_environment_name(environment)
+        with self._lock:
+            existing = self._environments.get(environment, [])
+            last = existing[-1].seq if existing else 0
+            if last != expected_seq:
+                raise env_conflict(environment, expected_seq, last)
+            if not entries:
+                return []  # an environment exists only through its records
+            made = [_record(environment, last + i + 1, e) for i, e in enumerate(entries)]
+            self._environments[environment] = [*existing, *made]
+            return made
+
+    def env_read(self, environment: str, after: int = 0) -> list[Record]:
+        check_environment_name(environment)
+        with self._lock:
+            return self._environments.get(environment, [])[max(after, 0):]
+
+    def environments(self) -> list[str]:
+        with self._lock:
+            return sorted(self._environments)
+
+    def delivered(self, rollout_id: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._delivered.get(rollout_id, {}))
+
+    def set_delivered(self, rollout_id: str, notifier: str, seq: int) -> None:
+        check_delivery(rollout_id, notifier, seq)
+        with self._lock:
+            records = self._records.get(rollout_id)
+            if records is None:
+                raise unknown(rollout_id, list(self._records))
+            if seq > records[-1].seq:
+                raise beyond_last(rollout_id, notifier, seq, records[-1].seq)
+            if seq == 0:
+                return  # position 0 is "none yet": nothing to keep
+            positions = self._delivered.setdefault(rollout_id, {})
+            positions[notifier] = max(positions.get(notifier, 0), seq)
+
     def close(self) -> None:
         return None
 
@@ -261,6 +324,19 @@ def conflict(rollout_id: str, expected: int, last: int) -> JournalConflict:
         f"{expected}, found {last}); nothing was written. Another runner or command is active: "
         "check 'deploystate status' and try again"
     )
+
+
+def env_conflict(environment: str, expected: int, last: int) -> JournalConflict:
+    return JournalConflict(
+        f"environment {environment} changed while this command was deciding (expected record {expected}, "
+        f"found {last}); nothing was written. Another runner claimed or released it meanwhile: read the "
+        "environment again and try again"
+    )
+
+
+def beyond_last(rollout_id: str, notifier: str, seq: int, last: int) -> JournalError:
+    return JournalError(f"cannot mark record {seq} of rollout {rollout_id} delivered to {notifier}: its last "
+                        f"record is {last}; nothing was written. Deliver only records read from the journal")
 
 
 def unknown(rollout_id: str, known: Sequence[str]) -> UnknownRollout:

@@ -33,9 +33,15 @@ Opening a file checks only what it costs nothing to check (the header, the schem
 first page of each table); :meth:`SQLiteStore.check` is the full check (``deploystate
 check-store``).  Damage found later, in normal use, is reported as :class:`JournalCorrupt`.
 
-Schema versions: 1 had ``records`` only; 2 added ``rollouts``.  A version-1 file is upgraded in
-place when it is opened, in one transaction (its summaries start stale); a file of a newer
-version is refused and left as it is.
+Beside the rollouts, each environment has a journal of its own in ``environment_records`` (locks,
+claims, what succeeded there), appended with the sequence number expected like a rollout's; and
+``deliveries`` keeps how far each notifier has been told each rollout's records.
+
+Schema versions: 1 had ``records`` only; 2 added ``rollouts``; 3 added ``environment_records`` and
+``deliveries``.  An older file is upgraded in place when it is opened, in one transaction (a
+version-1 file's summaries start stale); one that cannot be written is read as it is (no
+environment records, nothing delivered) and its writes are refused.  A file of a newer version is
+refused and left as it is.
 """
 
 from __future__ import annotations
@@ -61,15 +67,19 @@ from deploystate.journal import (
     JournalReadOnly,
     Record,
     Summary,
+    beyond_last,
     busy,
+    check_delivery,
+    check_environment_name,
     check_rollout_id,
     conflict,
+    env_conflict,
     summary_text,
     unknown,
 )
 
 APPLICATION_ID = 0x64736A6C  # "dsjl"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _MOST_PROBLEMS = 100  # of one kind, in check()'s answer
 
@@ -97,8 +107,44 @@ CREATE TABLE rollouts (
 ) WITHOUT ROWID
 """
 
-_TABLES = {1: ("records",), 2: ("records", "rollouts")}
+# Every environment's own journal (environment: its name).  No table of last sequence numbers as
+# for rollouts: MAX(seq) of one environment is a seek on the primary key.
+_ENVIRONMENT_RECORDS_TABLE = """
+CREATE TABLE environment_records (
+    environment TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    step TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (environment, seq)
+) WITHOUT ROWID
+"""
+
+# The last record of each rollout that each notifier accepted (no row: none yet).
+_DELIVERIES_TABLE = """
+CREATE TABLE deliveries (
+    rollout_id TEXT NOT NULL,
+    notifier TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, notifier)
+) WITHOUT ROWID
+"""
+
+_TABLES = {1: ("records",), 2: ("records", "rollouts"),
+           3: ("records", "rollouts", "environment_records", "deliveries")}
 _COLUMNS = "rollout_id, seq, action, at, actor, step, data"
+_ENV_COLUMNS = "environment, seq, action, at, actor, step, data"
+
+# For a journal too old to hold these tables and that cannot be upgraded (read-only): empty stand-ins
+# in the connection's temporary schema, so reads need no second path.  Views, so nothing can be
+# written to them by mistake (writes are refused before they get here).
+_EMPTY_STAND_INS = {
+    "environment_records": "CREATE TEMP VIEW environment_records AS SELECT '' AS environment, 0 AS seq, "
+                           "'' AS action, 0.0 AS at, '' AS actor, NULL AS step, '' AS data WHERE 0",
+    "deliveries": "CREATE TEMP VIEW deliveries AS SELECT '' AS rollout_id, '' AS notifier, 0 AS seq WHERE 0",
+}
 
 # SQLite's primary result codes (the low byte of an extended one), and one extended code.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_FULL = 5, 6, 8, 11, 13
@@ -119,6 +165,7 @@ class SQLiteStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._immutable = False  # read as an immutable file (a read-only folder without a -wal)
+        self._old_schema: int | None = None  # the schema of a file read as it is, not upgraded
         file = self._check_file()
         try:
             self._db = self._connect()
@@ -233,14 +280,20 @@ class SQLiteStore:
             except sqlite3.DatabaseError as error:
                 if ((getattr(error, "sqlite_errorcode", None) or 0) & 0xFF) != _SQLITE_READONLY:
                     raise
-                # A read-only schema-1 journal is read as it is (writes are refused anyway): its
-                # rollouts worked out from the records, in this connection only.
-                db.execute("CREATE TEMP VIEW rollouts AS SELECT rollout_id, MAX(seq) AS last_seq, "
-                           "NULL AS summary_seq, NULL AS summary FROM records GROUP BY rollout_id")
+                # A read-only older journal is read as it is (writes are refused anyway), what it
+                # lacks stood in for in this connection only: a schema-1 journal's rollouts worked out
+                # from the records; no environment records, nothing delivered.
+                if version == 1:
+                    db.execute("CREATE TEMP VIEW rollouts AS SELECT rollout_id, MAX(seq) AS last_seq, "
+                               "NULL AS summary_seq, NULL AS summary FROM records GROUP BY rollout_id")
+                for table, stand_in in _EMPTY_STAND_INS.items():
+                    if table not in _TABLES[version]:
+                        db.execute(stand_in)
+                self._old_schema = version
         # Cheap, unlike quick_check: the first page of each table, so a file whose table roots
         # are damaged is refused on open even by commands that would read only one table.
-        db.execute("SELECT 1 FROM records LIMIT 1").fetchall()
-        db.execute("SELECT 1 FROM rollouts LIMIT 1").fetchall()
+        for table in _TABLES[SCHEMA_VERSION]:
+            db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -262,20 +315,26 @@ class SQLiteStore:
             # Re-check inside the write lock: another process may have initialised it.
             if (db.execute("PRAGMA application_id").fetchone()[0] == 0 and self._empty()
                     and db.execute("PRAGMA user_version").fetchone()[0] == 0):
-                db.execute(_RECORDS_TABLE)
-                db.execute(_ROLLOUTS_TABLE)
+                for table in (_RECORDS_TABLE, _ROLLOUTS_TABLE, _ENVIRONMENT_RECORDS_TABLE, _DELIVERIES_TABLE):
+                    db.execute(table)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _upgrade(self) -> None:
-        """Schema 1 to 2, in one transaction: ``rollouts`` filled from the records, no summaries."""
+        """An older schema to this one, in one transaction, keeping every record: from 1, ``rollouts``
+        filled from the records (no summaries); from 1 or 2, the environment journals and the
+        delivery positions, empty."""
         db = self._db
         with self._transaction():
-            if db.execute("PRAGMA user_version").fetchone()[0] != 1:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
                 return  # another process upgraded it meanwhile
-            db.execute(_ROLLOUTS_TABLE)
-            db.execute("INSERT INTO rollouts (rollout_id, last_seq) "
-                       "SELECT rollout_id, MAX(seq) FROM records GROUP BY rollout_id")
+            if version < 2:
+                db.execute(_ROLLOUTS_TABLE)
+                db.execute("INSERT INTO rollouts (rollout_id, last_seq) "
+                           "SELECT rollout_id, MAX(seq) FROM records GROUP BY rollout_id")
+            db.execute(_ENVIRONMENT_RECORDS_TABLE)
+            db.execute(_DELIVERIES_TABLE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -376,6 +435,11 @@ class SQLiteStore:
                               "ORDER BY seq", (rollout_id, after)).fetchall()
         return [self._record(row) for row in rows]
 
+    def _refuse_old_schema(self) -> None:
+        """Writes of what an older, read-only journal has no table for are refused as any write is."""
+        if self._old_schema is not None:
+            raise self._read_only(f"schema {self._old_schema}, which it cannot be upgraded from")
+
     def _some_rollouts(self) -> list[str]:
         """The newest few rollout ids (by name), for an error message."""
         rows = self._db.execute("SELECT rollout_id FROM rollouts ORDER BY rollout_id DESC LIMIT 5")
@@ -415,12 +479,77 @@ class SQLiteStore:
             result[rollout_id] = (last, Summary(summary_seq, data))
         return result
 
-    def _record(self, row: _Row) -> Record:
+    def _record(self, row: _Row, of: str = "rollout") -> Record:
         data = _json_object(row[6])
         if data is None:
-            raise JournalCorrupt(f"{self.path}: record {row[1]} of rollout {row[0]} is damaged "
+            raise JournalCorrupt(f"{self.path}: record {row[1]} of {of} {row[0]} is damaged "
                                  "(data is not JSON); restore the journal from a backup")
         return Record(row[0], row[1], row[2], row[3], row[4], row[5], data)
+
+    # -- environments and deliveries (the Store protocol) ------------------------------------------
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+        """See :meth:`deploystate.ports.Store.env_append`: one transaction, like :meth:`append`."""
+        check_environment_name(environment)
+        rows = [(e.action, e.at, e.actor, e.step, json.dumps(e.data, sort_keys=True, allow_nan=False))
+                for e in entries]
+        with self._lock, self._guard():
+            self._refuse_old_schema()
+            with self._transaction():
+                db = self._db
+                last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM environment_records "
+                                  "WHERE environment = ?", (environment,)).fetchone()[0]
+                if last != expected_seq:
+                    raise env_conflict(environment, expected_seq, last)
+                db.executemany(f"INSERT INTO environment_records ({_ENV_COLUMNS}) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [(environment, last + i + 1, *r) for i, r in enumerate(rows)])
+        return [Record(environment, last + i + 1, e.action, e.at, e.actor, e.step, dict(e.data))
+                for i, e in enumerate(entries)]
+
+    def env_read(self, environment: str, after: int = 0) -> list[Record]:
+        check_environment_name(environment)
+        with self._lock, self._guard():
+            rows = self._db.execute(f"SELECT {_ENV_COLUMNS} FROM environment_records "
+                                    "WHERE environment = ? AND seq > ? ORDER BY seq",
+                                    (environment, after)).fetchall()
+        return [self._record(row, "environment") for row in rows]
+
+    def environments(self) -> list[str]:
+        # One seek per environment instead of a pass over every environment record: each step
+        # finds the next name after the last one on the primary key.
+        with self._lock, self._guard():
+            rows = self._db.execute(
+                "WITH RECURSIVE names(name) AS (SELECT MIN(environment) FROM environment_records "
+                "UNION ALL SELECT (SELECT MIN(environment) FROM environment_records "
+                "WHERE environment > name) FROM names WHERE name IS NOT NULL) "
+                "SELECT name FROM names WHERE name IS NOT NULL").fetchall()
+        return [r[0] for r in rows]
+
+    def delivered(self, rollout_id: str) -> dict[str, int]:
+        with self._lock, self._guard():
+            rows = self._db.execute("SELECT notifier, seq FROM deliveries WHERE rollout_id = ?",
+                                    (rollout_id,)).fetchall()
+        return {notifier: int(seq) for notifier, seq in rows}
+
+    def set_delivered(self, rollout_id: str, notifier: str, seq: int) -> None:
+        """See :meth:`deploystate.ports.Store.set_delivered`: durable on return, never backwards
+        (two deliverers racing keep the further position)."""
+        check_delivery(rollout_id, notifier, seq)
+        with self._lock, self._guard():
+            self._refuse_old_schema()
+            with self._transaction():
+                db = self._db
+                found = db.execute("SELECT last_seq FROM rollouts WHERE rollout_id = ?",
+                                   (rollout_id,)).fetchone()
+                if found is None:
+                    raise unknown(rollout_id, self._some_rollouts())
+                if seq > found[0]:
+                    raise beyond_last(rollout_id, notifier, seq, found[0])
+                if seq == 0:
+                    return  # position 0 is "none yet": nothing to keep
+                db.execute("INSERT INTO deliveries (rollout_id, notifier, seq) VALUES (?, ?, ?) "
+                           "ON CONFLICT (rollout_id, notifier) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                           (rollout_id, notifier, seq))
 
     @contextlib.contextmanager
     def hold(self, rollout_id: str) -> Iterator[None]:
@@ -486,12 +615,15 @@ class SQLiteStore:
         read transaction: runners may go on appending meanwhile) and never writes.  It reports:
 
         - what SQLite's ``PRAGMA integrity_check`` finds (damaged pages, broken indexes, ...);
-        - a rollout whose records are not numbered 1, 2, ... up to its last one (a gap);
+        - a rollout, or an environment, whose records are not numbered 1, 2, ... up to its last
+          one (a gap);
         - disagreement between the ``rollouts`` table and the records: a rollout listed with a
           last sequence number other than its last record's, a rollout listed without records,
           records of a rollout that is not listed, a summary that describes a record after the
           last one;
-        - a record's data, or a summary, that is not a JSON object.
+        - a delivery position of a rollout that is not in the journal, or beyond its last record,
+          or below record 1;
+        - a record's data (of a rollout or an environment), or a summary, that is not a JSON object.
 
         At most 100 problems of each kind are listed, then how many more there are.  Damage that
         stops a part of the check (SQLite's own check stops at some) is reported as a problem of
@@ -500,7 +632,9 @@ class SQLiteStore:
         problems: list[str] = []
         steps = [("SQLite integrity check", self._check_sqlite),
                  ("the check of record numbers", self._check_numbering),
+                 ("the check of environment record numbers", self._check_environment_numbering),
                  ("the check of the rollouts table", self._check_rollouts_table),
+                 ("the check of delivery positions", self._check_deliveries),
                  ("the check of JSON data", self._check_json)]
         with self._lock:
             db = self._db
@@ -526,18 +660,43 @@ class SQLiteStore:
             problems += [f"SQLite integrity check: {text}" for text in found]
 
     def _check_numbering(self, problems: list[str]) -> None:
+        self._check_gaps(problems, "records", "rollout_id", "rollout")
+
+    def _check_environment_numbering(self, problems: list[str]) -> None:
+        self._check_gaps(problems, "environment_records", "environment", "environment")
+
+    def _check_gaps(self, problems: list[str], table: str, key: str, kind: str) -> None:
+        """Each ``key`` of ``table`` (a journal) numbers its records 1, 2, ... without a gap."""
         rows = self._db.execute(
-            "SELECT rollout_id, COUNT(*), MIN(seq), MAX(seq) FROM records GROUP BY rollout_id "
+            f"SELECT {key}, COUNT(*), MIN(seq), MAX(seq) FROM {table} GROUP BY {key} "
             "HAVING MIN(seq) != 1 OR COUNT(*) != MAX(seq)")
-        listed = _Limited(problems, "rollouts with gaps in their records")
-        for rollout_id, count, first, last in rows:
+        listed = _Limited(problems, f"{kind}s with gaps in their records")
+        for name, count, first, last in rows:
             missing = self._db.execute(
-                "SELECT r.seq + 1 FROM records r WHERE r.rollout_id = ? AND r.seq < ? AND NOT EXISTS "
-                "(SELECT 1 FROM records n WHERE n.rollout_id = r.rollout_id AND n.seq = r.seq + 1) "
-                "ORDER BY r.seq LIMIT 1", (rollout_id, last)).fetchone()
+                f"SELECT r.seq + 1 FROM {table} r WHERE r.{key} = ? AND r.seq < ? AND NOT EXISTS "
+                f"(SELECT 1 FROM {table} n WHERE n.{key} = r.{key} AND n.seq = r.seq + 1) "
+                "ORDER BY r.seq LIMIT 1", (name, last)).fetchone()
             gap = 1 if first != 1 else (missing[0] if missing else None)
             where = f"record {gap} is missing" if gap is not None else "records are numbered wrongly"
-            listed.add(f"rollout {rollout_id}: {where} ({count} records numbered {first} to {last})")
+            listed.add(f"{kind} {name}: {where} ({count} records numbered {first} to {last})")
+        listed.close()
+
+    def _check_deliveries(self, problems: list[str]) -> None:
+        listed = _Limited(problems, "delivery positions that name no record")
+        for rollout_id, notifier, seq, last in self._db.execute(
+                "SELECT d.rollout_id, d.notifier, d.seq, o.last_seq FROM deliveries d "
+                "LEFT JOIN rollouts o ON o.rollout_id = d.rollout_id "
+                "WHERE o.last_seq IS NULL OR d.seq > o.last_seq OR d.seq < 1 "
+                "ORDER BY d.rollout_id, d.notifier"):
+            if last is None:
+                listed.add(f"rollout {rollout_id}: notifier {notifier} is at record {seq}, but the rollout "
+                           "is not in the journal")
+            elif seq < 1:
+                listed.add(f"rollout {rollout_id}: notifier {notifier} is at record {seq}, which no record "
+                           "has")
+            else:
+                listed.add(f"rollout {rollout_id}: notifier {notifier} is at record {seq}, beyond its last "
+                           f"record {last}")
         listed.close()
 
     def _check_rollouts_table(self, problems: list[str]) -> None:
@@ -571,6 +730,10 @@ class SQLiteStore:
         for rollout_id, seq, data in self._db.execute("SELECT rollout_id, seq, data FROM records"):
             if not isinstance(data, str) or _json_object(data) is None:
                 listed.add(f"rollout {rollout_id}: record {seq}'s data is not a JSON object")
+        for environment, seq, data in self._db.execute(
+                "SELECT environment, seq, data FROM environment_records"):
+            if not isinstance(data, str) or _json_object(data) is None:
+                listed.add(f"environment {environment}: record {seq}'s data is not a JSON object")
         for rollout_id, text in self._db.execute(
                 "SELECT rollout_id, summary FROM rollouts WHERE summary IS NOT NULL"):
             if not isinstance(text, str) or _json_object(text) is None:

@@ -242,3 +242,185 @@ def test_every_store_takes_the_same_good_rollout_ids(store: Store, good: str) ->
     with store.hold(good):
         pass
     assert store.rollouts() == [good]
+
+
+# -- environments: one journal per environment ------------------------------------------------------
+
+ENV = "gprd"
+
+
+def claim(by: str = RID, action: str = "claim") -> Entry:
+    return Entry(action, 2000.0, "runner", None, {"rollout": by})
+
+
+def test_environment_appends_name_the_record_they_follow(store: Store) -> None:
+    made = store.env_append(ENV, 0, [claim()])
+    assert [(r.rollout_id, r.seq, r.action) for r in made] == [(ENV, 1, "claim")]
+    made = store.env_append(ENV, 1, [claim(action="succeeded"), claim(action="release")])
+    assert [(r.rollout_id, r.seq, r.action) for r in made] == [(ENV, 2, "succeeded"), (ENV, 3, "release")]
+    records = store.env_read(ENV)
+    assert [(r.rollout_id, r.seq, r.action, r.actor, r.at) for r in records] == [
+        (ENV, 1, "claim", "runner", 2000.0), (ENV, 2, "succeeded", "runner", 2000.0),
+        (ENV, 3, "release", "runner", 2000.0)]
+    assert records[0].data == {"rollout": RID} and records[0].step is None
+    assert [r.seq for r in store.env_read(ENV, after=1)] == [2, 3]
+    assert store.env_read(ENV, after=3) == [] and store.env_read(ENV, after=9) == []
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3])
+def test_a_conflicting_environment_append_writes_nothing(store: Store, expected: int) -> None:
+    store.env_append(ENV, 0, [claim()])
+    store.env_append(ENV, 1, [claim(action="release")])
+    with pytest.raises(JournalConflict, match=rf"^environment {ENV} changed while this command was deciding "
+                                              rf"\(expected record {expected}, found 2\); nothing was "
+                                              "written.*try again$"):
+        store.env_append(ENV, expected, [claim(OTHER), claim(OTHER, "succeeded")])
+    assert [(r.seq, r.action, r.data) for r in store.env_read(ENV)] == [
+        (1, "claim", {"rollout": RID}), (2, "release", {"rollout": RID})]
+    assert store.environments() == [ENV]
+
+
+def test_a_new_environment_must_expect_nothing(store: Store) -> None:
+    with pytest.raises(JournalConflict, match="expected record 2, found 0"):
+        store.env_append(ENV, 2, [claim()])
+    assert store.env_read(ENV) == [] and store.environments() == []
+
+
+def test_environments_are_those_with_records_sorted(store: Store) -> None:
+    assert store.environments() == []
+    assert store.env_read("gstg") == []  # never written: nothing, not an error
+    assert store.env_append("gstg", 0, []) == []  # nothing appended makes no environment
+    for name in ("gstg", "gprd-cny", "gprd", "db.main"):
+        store.env_append(name, 0, [claim()])
+    store.env_append("gprd", 1, [claim(action="release")])
+    assert store.environments() == ["db.main", "gprd", "gprd-cny", "gstg"]
+    assert [r.seq for r in store.env_read("gstg")] == [1]
+
+
+def test_environment_journals_are_apart_from_rollouts(store: Store) -> None:
+    """An environment named like a rollout shares nothing with it: numbers, listings, reads."""
+    store.append(RID, 0, [created(), entry()])
+    store.env_append(RID, 0, [claim()])
+    assert store.last_seq(RID) == 2 and [r.seq for r in store.read(RID)] == [1, 2]
+    assert [r.seq for r in store.env_read(RID)] == [1]
+    assert store.rollouts() == [RID] and list(store.read_all()) == [RID]
+    assert store.environments() == [RID]
+    with pytest.raises(UnknownRollout):
+        store.read(ENV)
+    store.env_append(ENV, 0, [claim()])
+    assert store.rollouts() == [RID] and store.summaries() == {RID: (2, None)}
+
+
+def test_environment_records_survive_reopening(stores: Stores) -> None:
+    first = stores.store
+    first.env_append(ENV, 0, [claim(), claim(action="succeeded")])
+    first.env_append("gstg", 0, [claim(OTHER)])
+    before = (first.environments(), first.env_read(ENV), first.env_read("gstg"))
+    first.close()
+    again = stores.reopen()
+    assert (again.environments(), again.env_read(ENV), again.env_read("gstg")) == before
+    with pytest.raises(JournalConflict):
+        again.env_append(ENV, 1, [claim(action="release")])
+    assert [r.seq for r in again.env_append(ENV, 2, [claim(action="release")])] == [3]
+
+
+def test_a_second_handle_sees_environment_appends_of_the_first(stores: Stores) -> None:
+    one, two = stores.store, stores.reopen()
+    one.env_append(ENV, 0, [claim(RID)])
+    with pytest.raises(JournalConflict, match="expected record 0, found 1"):
+        two.env_append(ENV, 0, [claim(OTHER)])
+    assert [r.data["rollout"] for r in two.env_read(ENV)] == [RID]
+    two.env_append(ENV, 1, [claim(RID, "release")])
+    assert [r.action for r in one.env_read(ENV, after=1)] == ["release"]
+
+
+BAD_NAMES = [f"{ENV}\n", "\n", "", "../etc/passwd", ".hidden", "-rf", "a b", "a/b", "é", "a" * 129]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_every_store_refuses_the_same_bad_environment_names(store: Store, bad: str) -> None:
+    # Refused on reads too: "gprd\n" must not read as an environment that nobody has claimed.
+    store.env_append(ENV, 0, [claim()])
+    said = rf"^environment name {re.escape(repr(bad))} is not valid; use 1 to 128 letters"
+    with pytest.raises(JournalError, match=said):
+        store.env_append(bad, 0, [claim()])
+    with pytest.raises(JournalError, match=said):
+        store.env_read(bad)
+    assert store.environments() == [ENV]
+
+
+@pytest.mark.parametrize("good", ["a", "gprd", "gprd-cny", "db.main_1+x", "a" * 128])
+def test_every_store_takes_the_same_good_environment_names(store: Store, good: str) -> None:
+    assert [r.seq for r in store.env_append(good, 0, [claim()])] == [1]
+    assert [r.rollout_id for r in store.env_read(good)] == [good]
+
+
+# -- delivery positions -----------------------------------------------------------------------------
+
+def test_delivery_positions_move_forward_never_back(store: Store) -> None:
+    store.append(RID, 0, [created(), entry(), entry("succeed"), entry("start", "wait_cng")])
+    assert store.delivered(RID) == {}
+    store.set_delivered(RID, "slack", 2)
+    store.set_delivered(RID, "webhook", 1)
+    assert store.delivered(RID) == {"slack": 2, "webhook": 1}
+    store.set_delivered(RID, "slack", 1)  # a late or repeated delivery: kept where it was
+    store.set_delivered(RID, "slack", 0)
+    assert store.delivered(RID) == {"slack": 2, "webhook": 1}
+    store.set_delivered(RID, "slack", 4)
+    store.set_delivered(RID, "slack", 4)
+    assert store.delivered(RID) == {"slack": 4, "webhook": 1}
+
+
+def test_delivery_positions_are_per_rollout(store: Store) -> None:
+    store.append(RID, 0, [created(), entry()])
+    store.append(OTHER, 0, [created()])
+    store.set_delivered(RID, "slack", 2)
+    assert store.delivered(OTHER) == {}
+    store.set_delivered(OTHER, "slack", 1)
+    assert store.delivered(RID) == {"slack": 2} and store.delivered(OTHER) == {"slack": 1}
+    assert store.delivered("never-made") == {}
+
+
+def test_setting_position_0_keeps_nothing(store: Store) -> None:
+    store.append(RID, 0, [created()])
+    store.set_delivered(RID, "slack", 0)
+    assert store.delivered(RID) == {}
+
+
+def test_delivery_positions_survive_reopening(stores: Stores) -> None:
+    first = stores.store
+    first.append(RID, 0, [created(), entry(), entry("succeed")])
+    first.set_delivered(RID, "slack", 3)
+    first.set_delivered(RID, "webhook", 2)
+    first.close()
+    again = stores.reopen()
+    assert again.delivered(RID) == {"slack": 3, "webhook": 2}
+    again.set_delivered(RID, "slack", 1)
+    assert again.delivered(RID) == {"slack": 3, "webhook": 2}
+
+
+def test_a_second_handle_cannot_move_a_position_back(stores: Stores) -> None:
+    one, two = stores.store, stores.reopen()
+    one.append(RID, 0, [created(), entry(), entry("succeed")])
+    two.set_delivered(RID, "slack", 3)
+    one.set_delivered(RID, "slack", 2)  # one's own idea of the position is older
+    assert one.delivered(RID) == two.delivered(RID) == {"slack": 3}
+
+
+@pytest.mark.parametrize(("rollout_id", "notifier", "seq", "said"), [
+    (OTHER, "slack", 1, f"no rollout {OTHER} in the journal"),
+    (RID, "slack", 3, f"cannot mark record 3 of rollout {RID} delivered to slack: its last record is 2; "
+                      "nothing was written"),
+    (RID, "slack", -1, "a delivery position must be a record's sequence number"),
+    (RID, "slack", True, "a delivery position must be a record's sequence number"),
+    (RID, "slack", 1.0, "a delivery position must be a record's sequence number"),
+    (RID, "", 1, "notifier name '' is not valid"),
+    (f"{RID}\n", "slack", 1, "is not valid"),
+])
+def test_a_position_that_names_no_record_is_refused(store: Store, rollout_id: str, notifier: str,
+                                                     seq: int, said: str) -> None:
+    store.append(RID, 0, [created(), entry()])
+    store.set_delivered(RID, "webhook", 1)
+    with pytest.raises(JournalError, match=re.escape(said)):
+        store.set_delivered(rollout_id, notifier, seq)
+    assert store.delivered(RID) == {"webhook": 1} and store.delivered(OTHER) == {}

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from deploystate_backends.gitlab_standin import DEPLOYER, RELEASE_TOOLS, Script, VirtualClock, World
 from deploystate_backends.gitlab_standin.hooks import HookFaults, HookSender
-from standin_fixtures import DEPLOYER_TRIGGER_TOKEN, HookCapture
+from standin_fixtures import DEPLOYER_TRIGGER_TOKEN, HookCapture, make_client
 
 EXAMPLES = Path(__file__).parent / "data" / "gitlab_examples"
 # Fields GitLab shows only in some states; the docs' examples happen to be in those states.
@@ -39,6 +39,10 @@ NEWER_THAN_THE_EXAMPLE = {
 # Fields the example shows with a value that GitLab sends as null in other states.
 NULL_IN_OTHER_STATES = {
     "merge_request": "null for a pipeline of no merge request (pipeline.merge_request && ...)",
+}
+# The same, in REST answers (``problems`` without ``hook``), with where GitLab builds them.
+NULL_IN_OTHER_STATES_REST = {
+    "closed_as_duplicate_of": "null for an issue not closed as a duplicate (API::Entities::Issue, _links)",
 }
 
 
@@ -79,7 +83,7 @@ def problems(actual: Any, documented: dict[str, Any], family: list[dict[str, Any
             continue
         shown = [member[key] for member in family if key in member]
         kinds = {kind(v) for v in shown}
-        if hook and value is None and key in NULL_IN_OTHER_STATES:
+        if value is None and key in (NULL_IN_OTHER_STATES if hook else NULL_IN_OTHER_STATES_REST):
             continue
         if kinds == {"null"} or (value is None and ("null" in kinds or key not in documented)):
             # The docs show null here, or do not show this field in this state at all.
@@ -111,6 +115,10 @@ BRIDGES = example("pipeline_bridges")
 VARIABLES = example("pipeline_variables")
 TRIGGERS = example("triggers_list")
 PIPELINE_HOOK = example("pipeline_hook")
+# The list's example is a closed issue with a milestone and an assignee; New issue's is an open one
+# without either, so together they show every state the stand-in's issues can be in.
+ISSUES = [*example("issues_list"), example("issue_new")]
+FREEZE_PERIODS = example("freeze_periods_list")
 
 
 @pytest.fixture
@@ -159,7 +167,7 @@ def answers(gitlab_standin, gitlab_client):
 
 def test_every_example_names_its_source_in_gitlabs_documentation():
     files = sorted(EXAMPLES.glob("*.json"))
-    assert len(files) == 14
+    assert len(files) == 17
     for path in files:
         data = json.loads(path.read_text())
         assert data["_source"].startswith(("https://docs.gitlab.com/api/",
@@ -223,6 +231,29 @@ def test_trigger_token_lists_have_the_documented_shape(answers):
     assert [t["token"] for t in answers["triggers"]] == [DEPLOYER_TRIGGER_TOKEN]
     for trigger in answers["triggers"]:
         assert problems(trigger, TRIGGERS[0], TRIGGERS) == []
+
+
+def test_issues_and_freeze_periods_have_the_documented_shape(standin_factory):
+    from deploystate_backends.gitlab_standin.issues import PRODUCTION
+    standin = standin_factory(World([DEPLOYER, PRODUCTION], clock=VirtualClock()))
+    world = standin.world
+    world.add_issue(PRODUCTION, "Elevated error rates", ["Incident::Active", "severity::1"],
+                    description="The API answers 500", issue_type="incident")
+    resolved = world.add_issue(PRODUCTION, "Failed migration", ["Incident::Resolved", "severity::2"])
+    world.advance(3600)
+    world.close_issue(resolved)
+    world.add_freeze_period(DEPLOYER, "0 23 * * 5", "0 8 * * 1", "Europe/Berlin")
+    gl = make_client(standin)
+
+    opened = gl.http_list(f"/projects/{PRODUCTION.id}/issues", state="opened", get_all=True)
+    closed = gl.http_list(f"/projects/{PRODUCTION.id}/issues", state="closed", get_all=True)
+    periods = gl.http_list(f"/projects/{DEPLOYER.id}/freeze_periods", get_all=True)
+
+    assert [i["state"] for i in opened + closed] == ["opened", "closed"]
+    for issue in opened + closed:  # the list's example, judged against every documented issue
+        assert problems(issue, example("issues_list")[0], ISSUES) == [], issue["title"]
+    assert [p["cron_timezone"] for p in periods] == ["Europe/Berlin"]
+    assert problems(periods[0], FREEZE_PERIODS[0], FREEZE_PERIODS) == []
 
 
 # --- Pipeline Hooks, as the stand-in posts them -----------------------------------------------

@@ -773,3 +773,78 @@ def test_statuses_and_timestamps_stay_consistent_whatever_happens(actions, outco
                                if m is not None]
                     assert moments == sorted(moments)
                     assert job.next_at is None or job.next_at >= world.now()
+
+
+# --- issues with labels and deploy freeze periods (what production checks read) ------------------
+
+
+@pytest.fixture
+def tracker(standin_factory):
+    """A stand-in with the production issue tracker beside the default projects."""
+    from deploystate_backends.gitlab_standin.issues import PRODUCTION
+    return standin_factory(World([*DEFAULT_PROJECTS, PRODUCTION], clock=VirtualClock())), PRODUCTION
+
+
+def test_issues_are_filtered_by_all_their_labels_and_by_state(tracker):
+    standin, production = tracker
+    world = standin.world
+    s1 = world.add_issue(production, "S1", ["Incident::Active", "severity::1"], issue_type="incident")
+    world.add_issue(production, "S3", ["Incident::Active", "severity::3"])
+    closed = world.add_issue(production, "S1 resolved", ["Incident::Active", "severity::1"])
+    world.add_issue(production, "no labels")
+    world.advance(60)
+    world.close_issue(closed, by="oncall")
+    project = make_client(standin).projects.get(production.path, lazy=True)
+
+    def titles(**filters: str) -> list[str]:
+        return [i.title for i in project.issues.list(get_all=True, **filters)]
+
+    assert titles(labels="Incident::Active,severity::1", state="opened") == ["S1"]
+    assert titles(labels="Incident::Active,severity::1") == ["S1 resolved", "S1"]  # newest first
+    assert titles(labels="Incident::Active", state="closed") == ["S1 resolved"]
+    assert titles(labels="None") == ["no labels"]
+    assert titles(labels="Any", state="opened", sort="asc") == ["S1", "S3"]
+    assert titles(labels="severity::2") == []
+    [issue] = project.issues.list(labels="severity::1", state="opened", get_all=True)
+    assert (issue.iid, issue.issue_type, issue.type) == (s1.iid, "incident", "INCIDENT")
+    assert issue.web_url == f"{standin.url}/{production.path}/-/issues/{s1.iid}"
+    [gone] = project.issues.list(state="closed", get_all=True)
+    assert gone.attributes["closed_by"]["username"] == "oncall" and gone.closed_at is not None
+    for bad in ({"state": "open"}, {"order_by": "color"}, {"sort": "up"}):
+        with pytest.raises(gitlab.GitlabListError) as refused:
+            project.issues.list(**bad)
+        assert refused.value.response_code == 400
+
+
+@pytest.mark.parametrize(("count", "per_page"), [(0, 20), (21, 20), (45, 7)])
+def test_issue_lists_paginate_like_the_other_lists(tracker, count, per_page):
+    standin, production = tracker
+    for n in range(count):
+        standin.world.add_issue(production, f"incident {n}", ["Incident::Active", "severity::2"])
+    project = make_client(standin).projects.get(production.id, lazy=True)
+
+    pages = project.issues.list(iterator=True, per_page=per_page, labels="Incident::Active,severity::2")
+    walked = [i.title for i in pages]
+
+    assert walked == [f"incident {n}" for n in reversed(range(count))]
+    assert (pages.total, pages.total_pages) == (count, max(math.ceil(count / per_page), 1))
+    assert standin.counters().requests_to("issues", "GET") == max(math.ceil(count / per_page), 1)
+
+
+def test_freeze_periods_are_listed_oldest_first_and_paginated(gitlab_standin, gitlab_client):
+    world = gitlab_standin.world
+    world.add_freeze_period(DEPLOYER, "0 23 * * 5", "0 8 * * 1")
+    world.advance(10)
+    world.add_freeze_period(DEPLOYER, "0 0 24 12 *", "0 0 2 1 *", "Europe/Berlin")
+    encoded = urllib.parse.quote(DEPLOYER_PATH, safe="")
+
+    periods = gitlab_client.http_list(f"/projects/{encoded}/freeze_periods", get_all=True, per_page=1)
+
+    assert [(p["freeze_start"], p["freeze_end"], p["cron_timezone"]) for p in periods] == [
+        ("0 23 * * 5", "0 8 * * 1", "UTC"), ("0 0 24 12 *", "0 0 2 1 *", "Europe/Berlin")]
+    assert gitlab_standin.counters().requests_to("freeze_periods", "GET") == 2
+    world.remove_freeze_periods(DEPLOYER)
+    assert gitlab_client.http_list(f"/projects/{DEPLOYER.id}/freeze_periods", get_all=True) == []
+    with pytest.raises(gitlab.GitlabHttpError) as missing:
+        gitlab_client.http_list("/projects/999/freeze_periods", get_all=True)
+    assert missing.value.response_code == 404

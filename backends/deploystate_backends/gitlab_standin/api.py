@@ -18,8 +18,14 @@ from typing import Any
 
 import attrs
 
+from deploystate_backends.gitlab_standin.issues import (
+    BadIssueParameter,
+    find_issues,
+    render_freeze_period,
+    render_issue,
+)
 from deploystate_backends.gitlab_standin.pagination import BadPageParameter, paginate
-from deploystate_backends.gitlab_standin.render import Renderer
+from deploystate_backends.gitlab_standin.render import Renderer, timestamp
 from deploystate_backends.gitlab_standin.specs import (
     DEFAULT_TOKENS,
     KNOWN_STATUSES,
@@ -240,6 +246,8 @@ class Api:
             Route("job_cancel", "POST", re.compile(_JOB + "/cancel"), Api._job_cancel),
             Route("tags", "GET", re.compile(_PROJECT + "/repository/tags"), Api._tags),
             Route("triggers", "GET", re.compile(_PROJECT + "/triggers"), Api._triggers),
+            Route("issues", "GET", re.compile(_PROJECT + "/issues"), Api._issues),
+            Route("freeze_periods", "GET", re.compile(_PROJECT + "/freeze_periods"), Api._freeze_periods),
         )
 
     # --- dispatch ------------------------------------------------------------------------
@@ -279,7 +287,7 @@ class Api:
                 return route.handler(self, request, params, renderer)
         except ApiError as error:
             return error.response
-        except BadPageParameter as error:
+        except (BadPageParameter, BadIssueParameter) as error:
             return Response(400, {"error": str(error)})
 
     # --- lookups -------------------------------------------------------------------------
@@ -473,3 +481,16 @@ class Api:
                  for index, value in enumerate(spec.trigger_tokens)]
         chunk, headers = self._page(found, request)
         return Response(200, chunk, headers)
+
+    def _issues(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        spec = self._find_project(params)
+        q = request.query
+        found = find_issues(self.world.issues(spec), labels=_single(q, "labels"), state=_single(q, "state"),
+                            order_by=_single(q, "order_by"), sort=_single(q, "sort"))
+        chunk, headers = self._page(found, request)
+        return Response(200, [render_issue(i, spec, r.base_url, r.user, timestamp) for i in chunk], headers)
+
+    def _freeze_periods(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        spec = self._find_project(params)
+        chunk, headers = self._page(self.world.freeze_periods(spec), request)
+        return Response(200, [render_freeze_period(p, timestamp) for p in chunk], headers)

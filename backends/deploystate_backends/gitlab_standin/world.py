@@ -25,6 +25,7 @@ import attrs
 
 from deploystate_backends.gitlab_standin.clock import Clock, RealClock, VirtualClock
 from deploystate_backends.gitlab_standin.counters import Counters
+from deploystate_backends.gitlab_standin.issues import ISSUE_TYPES, FreezePeriod, Issue
 from deploystate_backends.gitlab_standin.specs import (
     DEFAULT_PROJECTS,
     KNOWN_STATUSES,
@@ -198,6 +199,10 @@ class World:
         self._rules: list[_Rule] = []
         self._seeds: list[Seed] = []
         self._observers: list[Callable[[Pipeline, float], None]] = []
+        self._issues: dict[int, list[Issue]] = {}
+        self._issue_ids = itertools.count(80001)
+        self._freeze_periods: dict[int, list[FreezePeriod]] = {}
+        self._freeze_ids = itertools.count(1)
         for spec in projects:
             self.add_project(spec)
 
@@ -441,6 +446,56 @@ class World:
         self.counters.pipeline_created(spec.path, source, values.get(ENVIRONMENT_VARIABLE, ""))
         self._process(pipeline, at)
         return pipeline
+
+    # --- issues and deploy freezes (what production checks read) ------------------------------
+
+    def add_issue(self, project: int | str | ProjectSpec, title: str, labels: Iterable[str] = (), *,
+                  description: str | None = None, issue_type: str = "issue") -> Issue:
+        """Open an issue in ``project`` now, with ``labels`` (e.g. ``Incident::Active``, ``severity::1``)."""
+        if issue_type not in ISSUE_TYPES:
+            raise ValueError(f"issue_type must be one of {', '.join(ISSUE_TYPES)}, got {issue_type!r}")
+        with self.lock:
+            spec = self._require(project)
+            found = self._issues.setdefault(spec.id, [])
+            now = self.clock.now()
+            issue = Issue(id=next(self._issue_ids), iid=len(found) + 1, project_id=spec.id, title=title,
+                          labels=tuple(labels), created_at=now, updated_at=now, description=description,
+                          issue_type=issue_type, author=self.user)
+            found.append(issue)
+            return issue
+
+    def close_issue(self, issue: Issue, *, by: str | None = None) -> None:
+        with self.lock:
+            if issue.state != "closed":
+                now = self.clock.now()
+                issue.state, issue.closed_at, issue.updated_at = "closed", now, now
+                issue.closed_by = by or self.user
+
+    def issues(self, project: int | str | ProjectSpec) -> list[Issue]:
+        """``project``'s issues, oldest first (live objects: read them under ``lock``)."""
+        with self.lock:
+            return list(self._issues.get(self._require(project).id, ()))
+
+    def add_freeze_period(self, project: int | str | ProjectSpec, freeze_start: str, freeze_end: str,
+                          cron_timezone: str = "UTC") -> FreezePeriod:
+        """A deploy freeze of ``project``: cron ``freeze_start`` to ``freeze_end``, in ``cron_timezone``."""
+        with self.lock:
+            spec = self._require(project)
+            now = self.clock.now()
+            period = FreezePeriod(id=next(self._freeze_ids), project_id=spec.id, freeze_start=freeze_start,
+                                  freeze_end=freeze_end, cron_timezone=cron_timezone, created_at=now,
+                                  updated_at=now)
+            self._freeze_periods.setdefault(spec.id, []).append(period)
+            return period
+
+    def remove_freeze_periods(self, project: int | str | ProjectSpec) -> None:
+        with self.lock:
+            self._freeze_periods.pop(self._require(project).id, None)
+
+    def freeze_periods(self, project: int | str | ProjectSpec) -> list[FreezePeriod]:
+        """``project``'s freeze periods, oldest first (as GitLab lists them: by ``created_at``)."""
+        with self.lock:
+            return list(self._freeze_periods.get(self._require(project).id, ()))
 
     # --- reading -------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ class Delivery:
     at: float  # time.time() when it was read
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: str
     notice_id: str | None
     status: int  # what was answered (0: dropped)
@@ -359,7 +359,7 @@ class Receiver:
             def _serve(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                headers = dict(self.headers.items())
+                headers = {k.lower(): v for k, v in self.headers.items()}  # HTTP names have no case
                 fault = receiver._next_fault()
                 if fault is not None and fault.delay_s:
                     time.sleep(fault.delay_s)

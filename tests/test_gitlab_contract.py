@@ -167,7 +167,7 @@ def answers(gitlab_standin, gitlab_client):
 
 def test_every_example_names_its_source_in_gitlabs_documentation():
     files = sorted(EXAMPLES.glob("*.json"))
-    assert len(files) == 17
+    assert len(files) == 18
     for path in files:
         data = json.loads(path.read_text())
         assert data["_source"].startswith(("https://docs.gitlab.com/api/",
@@ -336,3 +336,21 @@ def test_pipeline_hooks_carry_a_webhook_uuid_an_event_uuid_and_an_idempotency_ke
         else:
             assert set(keys.values()) == {None}
     assert hooks[0].uuid != hooks[1].uuid
+
+
+def test_issue_notes_have_the_documented_shape(standin_factory):
+    standin = standin_factory(World([RELEASE_TOOLS], clock=VirtualClock()))
+    issue = standin.world.add_issue(RELEASE_TOOLS, "Release 13.10.202103011220")
+    gl = make_client(standin)
+    path = f"/projects/{RELEASE_TOOLS.id}/issues/{issue.iid}/notes"
+    created = gl.http_post(path, post_data={"body": ":rocket: **Rollout started**"})
+    standin.world.advance(60)
+    gl.http_post(path, post_data={"body": "second", "internal": True})
+    listed = gl.http_list(path, get_all=True)
+
+    documented = example("issue_notes_list")
+    assert [n["body"] for n in listed] == ["second", ":rocket: **Rollout started**"]  # newest first
+    for note in [created, *listed]:
+        assert problems(note, documented[0], documented) == [], note["body"]
+    assert (listed[0]["internal"], created["noteable_iid"]) == (True, issue.iid)
+

@@ -20,10 +20,12 @@ import attrs
 
 from deploystate_backends.gitlab_standin.issues import (
     BadIssueParameter,
+    Issue,
     find_issues,
     render_freeze_period,
     render_issue,
 )
+from deploystate_backends.gitlab_standin.notes import NOTE_LIMIT, BadNoteParameter, render_note, sorted_notes
 from deploystate_backends.gitlab_standin.pagination import BadPageParameter, paginate
 from deploystate_backends.gitlab_standin.render import Renderer, timestamp
 from deploystate_backends.gitlab_standin.specs import (
@@ -90,6 +92,7 @@ class Route:
 _PROJECT = r"/api/v4/projects/(?P<project>[^/]+)"
 _PIPELINE = _PROJECT + r"/pipelines/(?P<pipeline>[^/]+)"
 _JOB = _PROJECT + r"/jobs/(?P<job>[^/]+)"
+_ISSUE = _PROJECT + r"/issues/(?P<issue>[^/]+)"
 
 
 def _token(request: Request) -> str | None:
@@ -248,6 +251,8 @@ class Api:
             Route("triggers", "GET", re.compile(_PROJECT + "/triggers"), Api._triggers),
             Route("issues", "GET", re.compile(_PROJECT + "/issues"), Api._issues),
             Route("freeze_periods", "GET", re.compile(_PROJECT + "/freeze_periods"), Api._freeze_periods),
+            Route("issue_notes", "GET", re.compile(_ISSUE + "/notes"), Api._notes),
+            Route("issue_notes", "POST", re.compile(_ISSUE + "/notes"), Api._add_note),
         )
 
     # --- dispatch ------------------------------------------------------------------------
@@ -287,7 +292,7 @@ class Api:
                 return route.handler(self, request, params, renderer)
         except ApiError as error:
             return error.response
-        except (BadPageParameter, BadIssueParameter) as error:
+        except (BadPageParameter, BadIssueParameter, BadNoteParameter) as error:
             return Response(400, {"error": str(error)})
 
     # --- lookups -------------------------------------------------------------------------
@@ -494,3 +499,33 @@ class Api:
         spec = self._find_project(params)
         chunk, headers = self._page(self.world.freeze_periods(spec), request)
         return Response(200, [render_freeze_period(p, timestamp) for p in chunk], headers)
+
+    def _find_issue(self, params: Mapping[str, str]) -> Issue:
+        spec = self._find_project(params)
+        issue = self.world.issue(spec, _integer_id(params["issue"], "issue_iid"))
+        if issue is None:
+            raise _message(404, "404 Issue Not Found")
+        return issue
+
+    def _notes(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        issue = self._find_issue(params)
+        q = request.query
+        found = sorted_notes(self.world.notes(issue), order_by=_single(q, "order_by"),
+                             sort=_single(q, "sort"))
+        chunk, headers = self._page(found, request)
+        return Response(200, [render_note(n, r.user, timestamp) for n in chunk], headers)
+
+    def _add_note(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
+        issue = self._find_issue(params)
+        merged: dict[str, Any] = {k: vs[-1] for k, vs in request.query.items() if vs}
+        merged.update(_body_params(request))
+        body = merged.get("body")
+        if body is None:
+            raise _invalid("body", "is missing")
+        if not isinstance(body, str) or not body.strip():
+            raise _message(400, "400 Bad request - Note can't be blank")
+        if len(body) > NOTE_LIMIT:
+            raise _message(400, f"400 Bad request - Note is too long (maximum is {NOTE_LIMIT} characters)")
+        internal = merged.get("internal", merged.get("confidential", False))
+        note = self.world.add_note(issue, body, internal=internal in (True, "true", "1"))
+        return Response(201, render_note(note, r.user, timestamp))

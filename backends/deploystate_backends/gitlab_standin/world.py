@@ -26,6 +26,7 @@ import attrs
 from deploystate_backends.gitlab_standin.clock import Clock, RealClock, VirtualClock
 from deploystate_backends.gitlab_standin.counters import Counters
 from deploystate_backends.gitlab_standin.issues import ISSUE_TYPES, FreezePeriod, Issue
+from deploystate_backends.gitlab_standin.notes import Note
 from deploystate_backends.gitlab_standin.specs import (
     DEFAULT_PROJECTS,
     KNOWN_STATUSES,
@@ -203,6 +204,8 @@ class World:
         self._issue_ids = itertools.count(80001)
         self._freeze_periods: dict[int, list[FreezePeriod]] = {}
         self._freeze_ids = itertools.count(1)
+        self._notes: dict[int, list[Note]] = {}  # by issue id
+        self._note_ids = itertools.count(9001)
         for spec in projects:
             self.add_project(spec)
 
@@ -496,6 +499,28 @@ class World:
         """``project``'s freeze periods, oldest first (as GitLab lists them: by ``created_at``)."""
         with self.lock:
             return list(self._freeze_periods.get(self._require(project).id, ()))
+
+    # --- notes on issues (what the release-issue notifier posts) ------------------------------
+
+    def issue(self, project: int | str | ProjectSpec, iid: int) -> Issue | None:
+        with self.lock:
+            return next((i for i in self.issues(project) if i.iid == iid), None)
+
+    def add_note(self, issue: Issue, body: str, *, author: str | None = None, internal: bool = False) -> Note:
+        """A note on ``issue`` now (as the API's POST does); the issue counts as updated."""
+        with self.lock:
+            now = self.clock.now()
+            note = Note(id=next(self._note_ids), issue_id=issue.id, issue_iid=issue.iid,
+                        project_id=issue.project_id, body=body, author=author or self.user, created_at=now,
+                        updated_at=now, internal=internal)
+            self._notes.setdefault(issue.id, []).append(note)
+            issue.updated_at = now
+            return note
+
+    def notes(self, issue: Issue) -> list[Note]:
+        """``issue``'s notes, oldest first (tests count them)."""
+        with self.lock:
+            return list(self._notes.get(issue.id, ()))
 
     # --- reading -------------------------------------------------------------------------
 

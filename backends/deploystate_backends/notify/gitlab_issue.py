@@ -29,6 +29,8 @@ KNOWN = ("project", "issue_iid", "url", "api_token_env", "timeout_s")
 DEFAULT_TOKEN_ENV = "GITLAB_API_TOKEN"  # the GitLab backend's default too
 _PROJECT = re.compile(r"^(\d+|[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+)$")
 _URL = re.compile(r"^https?://[^\s/]+")
+# What the delivery core sends here unless [notify.gitlab_issue] notices says otherwise.
+default_notices = "milestones"
 # How many of the issue's newest notes are searched for a notice's marker before posting it.
 LOOKBACK = 100
 

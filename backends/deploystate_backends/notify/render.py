@@ -218,6 +218,8 @@ def describe(notice: Notice, *, pipeline_url: str | None = None) -> Story:
         return _told(notice, ":white_check_mark:", f"{step}: finished" + (f" in {took}" if took else ""),
                      said, links=_pipeline_link(data, pipeline_url))
 
+    if action == "fail" and data.get("superseded"):  # a newer version got there first: no failure
+        return _told(notice, ":fast_forward:", f"{step}: not deployed (superseded)", (_after_step(notice),))
     if action == "fail":
         timed_out = data.get("timed_out") is True
         message, runbook = notice.message, None
@@ -244,13 +246,16 @@ def describe(notice: Notice, *, pipeline_url: str | None = None) -> Story:
         rows = _checks(data)
         failing = [row for row in rows if not row.passed]
         purpose = _text(data.get("for")) or step or "production"
+        purpose = {"promotion": "the promotion", "override": "an override"}.get(purpose, purpose)
+        if failing and data.get("passed"):  # failing, but an override lets production go on
+            return _told(notice, ":warning:", f"Checks for {purpose}: {len(failing)} of {len(rows)} failing, "
+                         "overridden", checks=rows)
         if failing:
-            title = f"Checks before {purpose}: {len(failing)} of {len(rows)} failing"
+            title = f"Checks for {purpose}: {len(failing)} of {len(rows)} failing"
             return _told(notice, ":no_entry_sign:", title, ("Production waits until they pass, or a "
-                                                                  "release manager overrides them.",),
+                                                            "release manager overrides them.",),
                          checks=rows, alert=True)
-        return _told(notice, ":stethoscope:", f"Checks before {purpose}: all {len(rows)} passed",
-                     checks=rows)
+        return _told(notice, ":stethoscope:", f"Checks for {purpose}: all {len(rows)} passed", checks=rows)
 
     if action == "overridden":
         until = data.get("until")
@@ -262,7 +267,8 @@ def describe(notice: Notice, *, pipeline_url: str | None = None) -> Story:
                      tuple(lines))
 
     if action == "superseded":
-        how = f" ({data['how']})" if data.get("how") else ""
+        manner = data.get("how") or data.get("why")
+        how = f" ({manner})" if manner else ""
         title = (f"{version} superseded on {_text(data.get('environment')) or '?'} by "
                  f"{_text(data.get('by_version')) or '?'}{how}")
         return _told(notice, ":fast_forward:", title, ("This rollout will not deploy there.",),
@@ -270,6 +276,9 @@ def describe(notice: Notice, *, pipeline_url: str | None = None) -> Story:
 
     if action == "finish":
         return _told(notice, ":tada:", f"Rollout {version} done", headline=True)
+    if action == "abort" and data.get("superseded"):
+        return _told(notice, ":fast_forward:", f"Rollout {version} ends superseded",
+                     (f"Reason: {_text(data.get('reason'))}",), headline=True)
     if action == "abort":
         by = _text(data.get("by")) or _aborter(notice)
         return _told(notice, ":octagonal_sign:", f"Rollout {version} aborted by {by}",

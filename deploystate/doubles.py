@@ -17,7 +17,9 @@ here sleeps for real: :class:`ManualClock` moves on when slept on or advanced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -167,6 +169,64 @@ class RecordingNotifier:
     @property
     def messages(self) -> list[str]:
         return [notice.message for notice in self.notices]
+
+
+class FaultyNotifier:
+    """A notifier that refuses as scripted, then accepts (a receiver with an outage, in-process).
+
+    Each call to ``notify`` takes the next item of ``faults``: an exception to raise (e.g.
+    ``NotifierError("429 rate limited", retry_after=1)``), or None to accept; once the script is used
+    up, ``then`` is raised for every notice (None: every notice is accepted).  ``delay_s``: each call
+    takes that long first (a slow receiver).  Thread-safe: delivery calls it from its own thread.
+    """
+
+    def __init__(self, faults: Sequence[BaseException | None] = (), *, then: BaseException | None = None,
+                 delay_s: float = 0.0) -> None:
+        self._faults = list(faults)
+        self.then = then
+        self.delay_s = delay_s
+        self.attempts: list[Notice] = []  # every call, refused or not
+        self.notices: list[Notice] = []  # the accepted ones, in order
+        self._lock = threading.Lock()
+
+    def notify(self, notice: Notice) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        with self._lock:
+            self.attempts.append(notice)
+            fault = self._faults.pop(0) if self._faults else self.then
+            if fault is None:
+                self.notices.append(notice)
+        if fault is not None:
+            raise fault
+
+    @property
+    def messages(self) -> list[str]:
+        with self._lock:
+            return [notice.message for notice in self.notices]
+
+
+CheckHandler = Callable[[CheckContext], "Verdict | CheckResult"]
+
+
+class FakeCheck:
+    """A production check whose answer a handler gives (a verdict, or a whole result)::
+
+        incidents = FakeCheck("active_incidents", lambda context: Verdict.FAILED)
+    """
+
+    def __init__(self, name: str, handler: CheckHandler | None = None, *, rollback: bool = False) -> None:
+        self.name = name
+        self.rollback = rollback
+        self.handler: CheckHandler = handler or (lambda context: Verdict.PASSED)
+        self.contexts: list[CheckContext] = []  # every question it was asked, in order
+
+    def run(self, context: CheckContext) -> CheckResult:
+        self.contexts.append(context)
+        answer = self.handler(context)
+        if isinstance(answer, CheckResult):
+            return answer
+        return CheckResult(self.name, answer, f"{self.name} {answer.value} (a fake check)")
 
 
 def fake_backends(deployer: FakeDeployer | None = None, packages: FakePackages | None = None,

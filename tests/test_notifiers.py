@@ -121,6 +121,13 @@ KINDS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The receivers are on loopback: a proxy from the environment must not be asked for them.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
 def slack_env(receiver: Receiver) -> dict[str, str]:
     return {"SLACK_WEBHOOK_URL": receiver.url}
 
@@ -216,6 +223,27 @@ def test_a_slack_webhook_nobody_listens_on_is_transient_and_its_url_unsaid(recei
         slack.create({"timeout_s": 2}, {"SLACK_WEBHOOK_URL": url}).notify(KINDS["done"][0])
     assert not caught.value.permanent
     assert url not in str(caught.value) and SLACK_PATH not in str(caught.value)
+
+
+def test_no_proxy_is_honoured_though_the_sdk_reads_only_https_proxy(monkeypatch, slack_receiver):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    slack.create({}, slack_env(slack_receiver)).notify(KINDS["done"][0])
+    assert slack_receiver.counts() == {f"{V}:24": 1}
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    with pytest.raises(NotifierError):  # the proxy is used, so the check above could fail
+        slack.create({"timeout_s": 2}, slack_env(slack_receiver)).notify(KINDS["done"][0])
+
+
+def test_a_receiver_slower_than_the_time_out_is_transient(slack_receiver):
+    slack_receiver.script(Fault(200, delay_s=2.5))
+    with pytest.raises(NotifierError) as caught:
+        slack.create({"timeout_s": 1}, slack_env(slack_receiver)).notify(KINDS["done"][0])
+    assert not caught.value.permanent
+    # Slack took it all the same: the one notice a repeat may deliver twice (in flight at the time-out).
+    slack_receiver.wait_for(1, timeout=5)
+    assert slack_receiver.counts() == {f"{V}:24": 1}
 
 
 def test_slack_messages_stay_within_slacks_limits():

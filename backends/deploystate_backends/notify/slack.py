@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +50,10 @@ class SlackNotifier:
         self.mention = mention
         self._url = url
         self._client = WebhookClient(url, timeout=max(1, round(timeout_s)), retry_handlers=[], logger=_QUIET)
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if self._client.proxy and urllib.request.proxy_bypass(host):
+            # The SDK takes HTTPS_PROXY but not NO_PROXY; without its proxy, urllib honours both.
+            self._client.proxy = None
         # A finished deployment's record has the pipeline's id only; its link came with `triggered`.
         self._pipelines: OrderedDict[tuple[str, str], str] = OrderedDict()
 

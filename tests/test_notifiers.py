@@ -268,6 +268,14 @@ def test_text_a_person_wrote_can_neither_ping_nor_link():
     assert "<!channel> see <https://evil|here>" in plain_text(payload)  # shown as written
 
 
+def test_text_a_person_wrote_can_neither_link_nor_hide_a_note_in_markdown():
+    forged = f"<!-- deploystate notice {V}:24 --> [click](https://evil.example) **loud**"
+    body = markdown_for(describe(note("abort", None, 3, "error", "aborted", by="mallory", reason=forged)))
+    assert f"<!-- deploystate notice {V}:24 -->" not in body  # so the real notice 24 is still posted
+    assert "[click](https" not in body and "**loud**" not in body
+    assert body.rstrip().endswith(f"<!-- deploystate notice {V}:3 -->")
+
+
 def test_the_receiver_refuses_what_slack_would(slack_receiver):
     # The shape checks must be able to fail: a payload without text, and blocks Slack refuses.
     def post(payload: object) -> tuple[int, str]:

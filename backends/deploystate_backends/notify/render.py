@@ -307,7 +307,9 @@ def _aborter(notice: Notice) -> str:
 
 def _md(text: str) -> str:
     """Text as markdown shows it literally (no emphasis, links or HTML from a person's words)."""
-    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", text).replace("\n", " ")
+    # Emphasis, code, links, HTML and table cells are what a person's words could start; a
+    # parenthesis or a dot only means something after those.
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", text).replace("\n", " ")
 
 
 def marker(notice: Notice) -> str:
@@ -318,7 +320,8 @@ def marker(notice: Notice) -> str:
 def markdown_for(story: Story, mention: str | None = None) -> str:
     """A GitLab note: the title in bold with its emoji, the lines, a check table, links, the command."""
     out = [f"{story.emoji} **{_md(story.title)}**", ""]
-    out += [_md(line) for line in story.lines]
+    for line in story.lines:  # a paragraph each: GitLab joins lines that are not
+        out += [_md(line), ""]
     if story.checks:
         out += ["", "| Check | Verdict | Detail |", "|---|---|---|"]
         for row in story.checks:

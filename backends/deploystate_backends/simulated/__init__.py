@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from deploystate.ports import Backends
 from deploystate_backends.autodeploy import RUNBOOK, check_version, tag_time
 from deploystate_backends.simulated.adapters import SimulatedDeployer, SimulatedPackages
+from deploystate_backends.simulated.checks import CHECK_NAMES, SimulatedCheck, simulated_checks
 from deploystate_backends.simulated.clock import DEFAULT_START, VirtualClock
 from deploystate_backends.simulated.errors import SettingsError, UnknownDeployment, UnknownPackage, WorldError
 from deploystate_backends.simulated.record import ActRecord, TriggerRecord
@@ -20,11 +21,13 @@ from deploystate_backends.simulated.timeline import outcome_of
 from deploystate_backends.simulated.world import World
 
 __all__ = [
+    "CHECK_NAMES",
     "DEFAULT_START",
     "ActRecord",
     "Behaviour",
     "Scenario",
     "SettingsError",
+    "SimulatedCheck",
     "SimulatedDeployer",
     "SimulatedPackages",
     "TriggerRecord",
@@ -45,7 +48,9 @@ def create(settings: Mapping[str, object]) -> Backends:
     Settings (all optional): ``world`` (file path; in memory without), ``seed``, ``start``,
     ``durations`` (environment -> seconds), ``default_duration_s``, ``jitter``, ``fail``,
     ``retry_fixes``, ``hang``, ``unknown`` (environment lists), ``unknown_s``,
-    ``retry_after_s``, ``retry_run_s``, ``build_s``, ``build_appear_s``, ``fail_builds``.
+    ``retry_after_s``, ``retry_run_s``, ``build_s``, ``build_appear_s``, ``fail_builds``,
+    ``failing_checks`` (production checks that fail: active_incidents, change_requests,
+    deploy_freeze, deployment_health, canary_up).
     """
     scenario, path = parse_settings(settings)
     return backends_for(World.open(path, scenario))
@@ -56,6 +61,7 @@ def backends_for(world: World) -> Backends:
 
     Versions must be auto-deploy tags, as for the system rehearsed; creating a rollout moves the
     virtual clock to when its version was tagged (never back), so its package builds start then.
+    It offers the five production checks, simulated (``failing_checks`` of the world's scenario fail).
     """
     where = f"world {world.path}" if world.path is not None else "world in memory"
 
@@ -77,4 +83,5 @@ def backends_for(world: World) -> Backends:
         identity=f"simulated world {world.path.name if world.path is not None else 'in memory'}",
         runbook=RUNBOOK,
         closer=world.close,
+        checks=simulated_checks(world),
     )

@@ -31,6 +31,8 @@ PACKAGES = ("cng", "omnibus")
 DEFAULT_DURATIONS: Mapping[str, float] = {"gstg": 3600.0, "gstg-cny": 3600.0, "gprd-cny": 3600.0,
                                           "gprd": 5400.0}
 _AUTO_DEPLOY = re.compile(r"^(\d+\.\d+\.(\d{12}))(?:[+-].*)?$")
+# The production checks the simulated backend simulates (its Backends.checks): the real system's.
+CHECK_NAMES = ("active_incidents", "change_requests", "deploy_freeze", "deployment_health", "canary_up")
 
 
 class Behaviour(enum.StrEnum):
@@ -76,6 +78,9 @@ class Scenario:
     build_s: float = 2400.0
     build_appear_s: float = 300.0  # from the tag to its package build pipelines appearing
     fail_builds: tuple[str, ...] = attrs.field(default=(), converter=_sorted_names)
+    # Production checks that fail in this world (an S1 incident, a freeze, ...): kept with the
+    # scenario, so every later command on the same world sees the same failures.
+    failing_checks: tuple[str, ...] = attrs.field(default=(), converter=_sorted_names)
 
     # -- what happens ---------------------------------------------------------------------------
     def behaviour(self, environment: str) -> Behaviour:
@@ -254,6 +259,18 @@ def _packages(name: str, value: object) -> tuple[str, ...]:
     return names
 
 
+def _checks(name: str, value: object) -> tuple[str, ...]:
+    names = _names(name, value)
+    for check in names:
+        if check not in CHECK_NAMES:
+            close = difflib.get_close_matches(check, CHECK_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            core = ("environment_lock is not simulated: lock the environment instead (deploystate lock); "
+                    if check == "environment_lock" else "")
+            raise _bad(name, value, f"{hint}{core}the simulated checks are {', '.join(CHECK_NAMES)}")
+    return names
+
+
 def _durations(name: str, value: object) -> dict[str, float]:
     expected = ('give a mapping of environment to seconds (e.g. {gstg = 3600}) or a string '
                 '"gstg=3600,gprd=5400"')
@@ -351,4 +368,5 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     "build_s": _seconds,
     "build_appear_s": _seconds,
     "fail_builds": _packages,
+    "failing_checks": _checks,
 }

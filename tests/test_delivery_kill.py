@@ -16,6 +16,7 @@ notices are in flight.  Afterwards, for each receiver, counted by the receiver i
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -88,8 +89,9 @@ class Journal:
         out, err = process.communicate(timeout=120)
         code = process.returncode
         self.kills += code == KILLED
-        self.commands.append(f"{' '.join(args)}{f' (kill at {kill_at})' if kill_at else ''}"
-                             f"{f' (kill after {kill_after:.2f}s)' if kill_after is not None else ''} -> {code}")
+        how = f" (kill at {kill_at})" if kill_at else ""
+        how += f" (kill after {kill_after:.2f}s)" if kill_after is not None else ""
+        self.commands.append(f"{' '.join(args)}{how} -> {code}")
         assert code in (0, 1, KILLED), (args, code, err[-3000:])
         if code == 1:
             assert "waiting for promotion" in out, (args, out[-2000:], err[-2000:])
@@ -125,7 +127,7 @@ class Journal:
             counts = Counter(arrived)
             assert set(counts) == set(ids), f"{receiver.kind} never got {sorted(set(ids) - set(counts))}"
             seqs = [ids.index(i) for i in arrived]
-            steps = [b - a for a, b in zip(seqs, seqs[1:], strict=False)]
+            steps = [b - a for a, b in itertools.pairwise(seqs)]
             assert seqs[0] == 0 and set(steps) <= {0, 1}, (receiver.kind, seqs, self.commands)
             repeats = steps.count(0)
             assert repeats <= self.kills, (receiver.kind, repeats, self.kills)

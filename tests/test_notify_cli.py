@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +210,78 @@ def test_an_unknown_notifier_is_refused_naming_the_installed_ones(tmp_path: Path
     assert refused.returncode == 2
     assert "no notifier named 'pager' is installed; installed:" in refused.stderr
     assert "slack" in refused.stderr and "webhook" in refused.stderr
+
+
+def timed_simulate(folder: Path, env: dict[str, str], store: Path) -> tuple[float, float, str, str]:
+    """``simulate`` as a subprocess: seconds until its progress says the rollout is done, seconds until
+    the command ended (delivery drained), stdout, stderr."""
+    started = time.monotonic()
+    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
+    process = subprocess.Popen([sys.executable, "-m", "deploystate", "simulate", VERSION, "--store",
+                                str(store)], cwd=folder, env={**clean, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    done_at = None
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if done_at is None and f"rollout {VERSION} done" in line:
+            done_at = time.monotonic() - started
+    err = process.stderr.read() if process.stderr is not None else ""
+    process.wait(120)
+    assert process.returncode == 0, err
+    assert done_at is not None, "".join(lines)
+    return done_at, time.monotonic() - started, "".join(lines), err
+
+
+def test_a_receiver_failing_then_rate_limiting_gets_everything_in_order_and_the_rollout_never_waits(
+        tmp_path: Path, receivers: Any) -> None:
+    (tmp_path / "deploystate.toml").write_text(CONFIG.replace("drain_seconds = 10", "drain_seconds = 30"))
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    (healthy / "deploystate.toml").write_text(CONFIG)
+    slack, webhook = receivers("slack"), receivers("webhook", secret=WEBHOOK_SECRET)
+    plain_done, plain_total, _, _ = timed_simulate(healthy, env_for(slack, webhook),
+                                                   healthy / "journal.sqlite")
+
+    slack, webhook = receivers("slack"), receivers("webhook", secret=WEBHOOK_SECRET)
+    slack.script(Fault(500, times=10**6))  # down until this test has seen status say so
+    store = tmp_path / "journal.sqlite"
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(zip(
+        ("done", "total", "out", "err"), timed_simulate(tmp_path, env_for(slack, webhook), store),
+        strict=True)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        # The rollout is over (webhook has its end) and slack's trouble was announced there.
+        while {"finish", "delivery"} - {b["action"] for b in webhook.accepted} or len(slack.requests) < 4:
+            assert time.monotonic() < deadline, (slack.summary(), webhook.summary())
+            time.sleep(0.05)
+        status = ds("status", VERSION, "--store", str(store), cwd=tmp_path)
+    finally:
+        # Then 500 a few more times, 429 with Retry-After, and 200 for good.
+        slack.script(Fault(500, times=2), Fault(429, retry_after=1.5))
+        thread.join(120)
+    ids = record_ids(store)
+    assert re.search(r"delivery: slack has not accepted \d+ notices? since 2021-03-01 12:20 UTC; webhook: ",
+                     status.stdout), status.stdout
+
+    answered = [d.status for d in slack.requests]
+    assert answered.count(500) >= 6 and answered.count(429) == 1 and answered[-len(ids):] == [200] * len(ids)
+    arrived = [d.notice_id for d in slack.requests if d.accepted]
+    assert arrived == ids  # everything, in journal order, once
+    assert all(d.notice_id == ids[0] for d in slack.requests if not d.accepted)  # it never skipped ahead
+    limited = next(n for n, d in enumerate(slack.requests) if d.status == 429)
+    assert slack.requests[limited + 1].at - slack.requests[limited].at >= 1.4  # Retry-After obeyed
+    told = [b["message"] for b in webhook.accepted if b["action"] == "delivery"]
+    assert told[0].startswith("slack has not accepted") and "(Slack answered 500" in told[0], told
+    assert any(m.startswith("slack accepts notices again") for m in told), told
+    assert of_records(webhook.counts()) == dict.fromkeys(ids, 1)
+    assert "warning: slack has not accepted" in outcome["err"]
+    print(f"\nrollout wall time (simulate, to its 'done' line): {plain_done:.2f}s with both receivers "
+          f"healthy, {outcome['done']:.2f}s with Slack answering 500 x{answered.count(500)}, then 429 "
+          f"Retry-After 1.5, then 200\ncommand wall time (with delivery's drain): {plain_total:.2f}s "
+          f"healthy, "
+          f"{outcome['total']:.2f}s faulty; Slack: {len(slack.requests)} requests, {len(arrived)} accepted "
+          f"for {len(ids)} records, 0 repeats")

@@ -11,6 +11,7 @@ themselves on an injectable clock, scripted outcomes per environment, and inject
 from deploystate_backends.gitlab_standin.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from deploystate_backends.gitlab_standin.counters import Counters, CountersSnapshot
 from deploystate_backends.gitlab_standin.faults import Fault, FaultKind, FaultPlan
+from deploystate_backends.gitlab_standin.issues import PRODUCTION, FreezePeriod, Issue
 from deploystate_backends.gitlab_standin.server import Standin, serve
 from deploystate_backends.gitlab_standin.specs import (
     CNG,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_TOKENS",
     "DEPLOYER",
     "OMNIBUS",
+    "PRODUCTION",
     "RELEASE_TOOLS",
     "AcceleratedClock",
     "Clock",
@@ -41,6 +43,8 @@ __all__ = [
     "Fault",
     "FaultKind",
     "FaultPlan",
+    "FreezePeriod",
+    "Issue",
     "Job",
     "JobSpec",
     "Pipeline",

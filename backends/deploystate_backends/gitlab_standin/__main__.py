@@ -29,6 +29,7 @@ import attrs
 
 from deploystate_backends.gitlab_standin.clock import AcceleratedClock, Clock, RealClock
 from deploystate_backends.gitlab_standin.faults import FaultKind, FaultPlan
+from deploystate_backends.gitlab_standin.issues import PRODUCTION
 from deploystate_backends.gitlab_standin.server import Standin, serve
 from deploystate_backends.gitlab_standin.specs import (
     CNG,
@@ -134,7 +135,9 @@ def build(args: argparse.Namespace) -> tuple[World, FaultPlan, frozenset[str]]:
         if spec is DEPLOYER and args.deploy_seconds is not None:
             changed = attrs.evolve(changed, timing=attrs.evolve(spec.timing, running_s=args.deploy_seconds))
         projects.append(changed)
-    world = World(projects, clock=clock)
+    # The production tracker too, so a rehearsal's active_incidents and change_requests checks find it
+    # (empty: they pass; tests add issues to it).
+    world = World([*projects, PRODUCTION], clock=clock)
     for item in args.script:
         env, outcome = _pair(item, "--script")
         world.script(DEPLOYER.path, env, outcome=parse_outcome(outcome))

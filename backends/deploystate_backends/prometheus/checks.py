@@ -191,7 +191,7 @@ class DeploymentHealthCheck:
         names = ", ".join(f"{_service(s)} ({_number(s.value)})" for s in failing)
         return result(self.name, Verdict.FAILED, one_line(
             f"{len(failing)} of {len(samples)} services unhealthy: {names}", 300),
-            (*(f"{_service(s)}: {self.query.split('{')[0]}{s.describe()}" for s in failing), link))
+            (*(f"{_service(s)}: {s.labels.get('__name__', '')}{s.describe()}" for s in failing), link))
 
 
 @attrs.frozen

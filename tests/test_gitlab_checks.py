@@ -306,6 +306,9 @@ def test_settings_are_checked_when_the_check_is_made(standin):
         checks.active_incidents({}, {}, env=ENV)
     with pytest.raises(DeploystateError, match="environment variable GITLAB_API_TOKEN is not set"):
         checks.active_incidents({}, backend(url), env={})
+    with pytest.raises(DeploystateError, match=r"TRACKER_TOKEN is not set or empty; it must hold a GitLab "
+                       r"API token \(\[checks.change_requests\] api_token_env names it\)"):
+        checks.change_requests({"api_token_env": "TRACKER_TOKEN"}, backend(url), env=ENV)
 
 
 def test_a_check_may_name_its_own_gitlab_and_token(standin):

@@ -84,7 +84,14 @@ def _access(check: str, values: Mapping[str, Any], backend_settings: Mapping[str
     # file); the projects it asks for are this check's own, since the check reads only that one.
     settings = GitLabSettings(deployer_project=project_path, cng_project=project_path,
                               omnibus_project=project_path, **given)
-    return GitLabAccess(settings, settings.token("api", os.environ if env is None else env))
+    variables = os.environ if env is None else env
+    if values.get("api_token_env") is None:
+        return GitLabAccess(settings, settings.token("api", variables))
+    token = variables.get(settings.api_token_env, "").strip()
+    if not token:  # the backend's message would blame [backends.gitlab] for the check's own setting
+        raise CheckSettingsError(f"environment variable {settings.api_token_env} is not set or empty; it "
+                                 f"must hold a GitLab API token ([checks.{check}] api_token_env names it)")
+    return GitLabAccess(settings, token)
 
 
 def _connection_fields() -> dict[str, Field]:

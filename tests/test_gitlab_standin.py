@@ -816,6 +816,17 @@ def test_issues_are_filtered_by_all_their_labels_and_by_state(tracker):
         assert refused.value.response_code == 400
 
 
+def test_an_issue_counts_its_notes(tracker):
+    standin, production = tracker
+    issue = standin.world.add_issue(production, "Release 13.10", ["release"])
+    for body in ("Deployed to gstg", "Deployed to gprd-cny"):
+        standin.world.add_note(issue, body)
+
+    [listed] = make_client(standin).projects.get(production.id, lazy=True).issues.list(get_all=True)
+
+    assert listed.user_notes_count == 2
+
+
 @pytest.mark.parametrize(("count", "per_page"), [(0, 20), (21, 20), (45, 7)])
 def test_issue_lists_paginate_like_the_other_lists(tracker, count, per_page):
     standin, production = tracker

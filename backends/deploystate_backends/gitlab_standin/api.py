@@ -493,7 +493,8 @@ class Api:
         found = find_issues(self.world.issues(spec), labels=_single(q, "labels"), state=_single(q, "state"),
                             order_by=_single(q, "order_by"), sort=_single(q, "sort"))
         chunk, headers = self._page(found, request)
-        return Response(200, [render_issue(i, spec, r.base_url, r.user, timestamp) for i in chunk], headers)
+        return Response(200, [render_issue(i, spec, r.base_url, r.user, timestamp,
+                                           notes=len(self.world.notes(i))) for i in chunk], headers)
 
     def _freeze_periods(self, request: Request, params: Mapping[str, str], r: Renderer) -> Response:
         spec = self._find_project(params)

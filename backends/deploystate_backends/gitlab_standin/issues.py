@@ -109,8 +109,9 @@ def find_issues(issues: Sequence[Issue], *, labels: str | None = None, state: st
 
 
 def render_issue(issue: Issue, spec: ProjectSpec, base_url: str, user: Callable[[str], dict[str, Any]],
-                 timestamp: Callable[[float | None], str | None]) -> dict[str, Any]:
-    """An issue in the shape of GitLab's documented example (Issues API, list project issues)."""
+                 timestamp: Callable[[float | None], str | None], *, notes: int = 0) -> dict[str, Any]:
+    """An issue in the shape of GitLab's documented example (Issues API, list project issues);
+    ``notes``: how many notes it has (``user_notes_count``)."""
     base = base_url.rstrip("/")
     api = f"{base}/api/v4/projects/{spec.id}"
     return {
@@ -133,7 +134,7 @@ def render_issue(issue: Issue, spec: ProjectSpec, base_url: str, user: Callable[
         "created_at": timestamp(issue.created_at),
         "closed_at": timestamp(issue.closed_at),
         "closed_by": None if issue.closed_by is None else user(issue.closed_by),
-        "user_notes_count": 0,
+        "user_notes_count": notes,
         "due_date": None,
         "imported": False,
         "imported_from": "none",

@@ -161,6 +161,15 @@ def test_a_5xx_after_the_retries_and_a_refused_token_are_errors(standin, make):
     assert "a-wrong-secret-value" not in second.detail + repr(refused)
 
 
+def test_a_gitlab_slower_than_the_time_out_is_an_error(standin, make):
+    standin.faults.next(1, "slow", route="freeze_periods", delay_s=1.0)
+
+    result = make(checks.deploy_freeze, timeout_s=0.3).run(context())
+
+    assert (result.verdict, result.detail) == (Verdict.ERROR, (
+        f"deploy_freeze: listing the freeze periods of {DEPLOYER.path}: GitLab did not answer in time"))
+
+
 def test_a_missing_project_is_an_error_naming_it(standin, make):
     result = make(checks.active_incidents, {"project": "gitlab-com/gl-infra/nowhere"}).run(context())
 

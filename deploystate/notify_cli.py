@@ -78,11 +78,11 @@ def delivering(notifiers: Notifiers, store: Store, runbook: str | None, rollouts
 
 
 def _backlogs(store: Store, config: Config, version: str | None) -> dict[str, Backlog]:
-    from deploystate.delivery import backlog, owed_rollouts
-
     plan = _plan(config)
     if not plan.notifiers:
-        return {}
+        return {}  # and nothing of delivery is imported: status stays cheap
+    from deploystate.delivery import backlog, owed_rollouts
+
     rollouts = [version] if version is not None else owed_rollouts(store, plan.notifiers)
     contexts: dict[str, Any] = {}
     return {name: backlog(store, rollouts, name, entry.filter, contexts)
@@ -92,11 +92,11 @@ def _backlogs(store: Store, config: Config, version: str | None) -> dict[str, Ba
 def status_text(store: Store, config: Config, version: str | None = None) -> str:
     """``delivery: slack has not accepted 3 notices since 14:02 UTC; webhook: all delivered`` (empty
     without notifiers)."""
-    from deploystate.delivery import plural, when
-
     backlogs = _backlogs(store, config, version)
     if not backlogs:
         return ""
+    from deploystate.delivery import plural, when
+
     parts = []
     for name, left in backlogs.items():
         if not left.count:

@@ -51,6 +51,9 @@ RETRY_AFTER_CAP_S = 3600.0
 # the thread is a daemon, and the notice is the one that may be repeated).
 JOIN_S = 1.0
 _ERROR_CHARS = 200
+# A notifier's trouble is announced once this many tries in a row failed, or it has lasted this long.
+ANNOUNCE_AFTER_FAILURES = 3
+ANNOUNCE_AFTER_S = 30.0
 _SAYING = threading.Lock()
 
 
@@ -320,7 +323,12 @@ class _Worker:
         trouble = self.trouble
         assert trouble is not None
         now = time.time()
-        due = trouble.announced is None or now - trouble.announced >= self.delivery.settings.reannounce_s
+        if trouble.announced is None:
+            # One refusal put right by the next try (a routine 429) is no news for the other channels.
+            due = (trouble.failures >= ANNOUNCE_AFTER_FAILURES or now - trouble.started >= ANNOUNCE_AFTER_S
+                   or (wait is not None and wait >= ANNOUNCE_AFTER_S))  # the next try is far off
+        else:
+            due = now - trouble.announced >= self.delivery.settings.reannounce_s
         if not (due or permanent):
             return
         trouble.announced = now

@@ -115,6 +115,19 @@ def test_a_failing_notifier_is_retried_in_order_announced_elsewhere_and_never_ho
     assert "slack has not accepted" in capsys.readouterr().err
 
 
+def test_a_refusal_put_right_by_the_next_try_is_no_news(open_store: Callable[[], Store],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    store = open_store()
+    limited = FaultyNotifier([None, NotifierError("429 rate limited", retry_after=0.05)])
+    other = RecordingNotifier()
+    with Delivery(store, {"slack": (limited, EVERYTHING), "webhook": (other, EVERYTHING)},
+                  settings=QUICK) as delivery:
+        roll(store, delivery)
+    assert ids(limited.notices) == [(VERSION, r.seq) for r in store.read(VERSION)]
+    assert [n for n in other.notices if n.action == DELIVERY] == []
+    assert capsys.readouterr().err == ""
+
+
 def test_a_process_stopped_mid_way_resumes_where_each_notifier_was(open_store: Callable[[], Store]) -> None:
     store = open_store()
     refused = NotifierError("404 no_service", permanent=True)

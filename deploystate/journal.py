@@ -65,7 +65,7 @@ def check_rollout_id(rollout_id: str) -> None:
 def check_environment_name(environment: str) -> None:
     """``JournalError`` unless ``environment`` is a name every store accepts (the rules of rollout ids).
 
-    Reads check it too: a name that no journal can hold (``"gprd\\n"``) would otherwise read as an
+    Reads check it too: a name that no journal can hold (``"prod\\n"``) would otherwise read as an
     environment nobody has claimed."""
     if not isinstance(environment, str) or not _ROLLOUT_ID.fullmatch(environment):
         raise JournalError(f"environment name {environment!r} is not valid; use 1 to 128 letters, digits, "

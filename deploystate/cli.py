@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
     from deploystate.config import Config
+    from deploystate.delivery import Delivery
     from deploystate.ports import Backends, Notice, Store
     from deploystate.rollout import RolloutView
     from deploystate.runner import Runner, RunResult
@@ -343,6 +344,14 @@ def _new_version(name: str, settings: Mapping[str, Any], version: str) -> str:
         return probe.check_version(version)
 
 
+def _rollout_id(backends: Backends, store: Store, given: str) -> str:
+    """The rollout ``given`` names: a rollout id in the journal (a rollback's, say), else a version
+    as the backend accepts it."""
+    if store.last_seq(given) > 0:
+        return given
+    return backends.check_version(given)
+
+
 def _read(store: Store, version: str) -> RolloutView:
     from deploystate.rollout import rebuild
 
@@ -387,23 +396,30 @@ class _Progress:
 
 def _runner(store: Store, backends: Backends, config: Config, *, strategy: Strategy,
             auto_promote: str | None = None, progress: TextIO | None = None,
-            origin: float | None = None, checkpoint: Callable[[str], None] | None = None) -> Runner:
+            origin: float | None = None, checkpoint: Callable[[str], None] | None = None,
+            delivery: Delivery | None = None) -> Runner:
     import attrs
 
+    from deploystate import gates
     from deploystate.notices import FanOut, LogNotifier
     from deploystate.runner import Runner
 
     runner_config = attrs.evolve(config.runner_config(auto_promote=auto_promote), strategy=strategy)
+    checks = gates.configured(config.check_settings, backends, store, config.settings_for(config.backend))
     # Human progress lines, and the structured log (a file beside the journal; without one,
     # warnings and errors still reach stderr through logging's last-resort handler).
-    notifier = FanOut([_Progress(progress or sys.stdout, origin), LogNotifier()])
-    return Runner(store, backends, config=runner_config, notifier=notifier, checkpoint=checkpoint)
+    # ``delivery``: the configured notifiers, delivered from the journal (deploystate.notify_cli).
+    notifier = FanOut([_Progress(progress or sys.stdout, origin), LogNotifier(),
+                       *([delivery] if delivery is not None else [])])
+    return Runner(store, backends, config=runner_config, notifier=notifier, checkpoint=checkpoint,
+                  checks=checks)
 
 
 def _exit_code(result: RunResult) -> int:
     from deploystate.runner import Stop
 
-    return EXIT_OK if result.stop is Stop.DONE else EXIT_STOPPED
+    # Superseded: a newer version went on; nobody needs to do anything.
+    return EXIT_OK if result.stop in (Stop.DONE, Stop.SUPERSEDED) else EXIT_STOPPED
 
 
 def _next(view: RolloutView, options: str = "") -> str:
@@ -419,6 +435,18 @@ def _checkpoint() -> Callable[[str], None] | None:
     return checkpoint_hook()
 
 
+def _notify_test_arguments(parser: argparse.ArgumentParser) -> None:
+    from deploystate import notify_cli
+
+    notify_cli.notify_test_arguments(parser)
+
+
+def _notify_test(args: argparse.Namespace) -> int:
+    from deploystate import notify_cli
+
+    return notify_cli.notify_test(args)
+
+
 # -- simulate ----------------------------------------------------------------------------------
 
 
@@ -432,6 +460,9 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ENV's deployment fails once, then a human retries its job and it passes")
     parser.add_argument("--hang", metavar="ENV", action="append", default=[],
                         help="ENV's deployment never finishes (until the wait limit fails it)")
+    parser.add_argument("--check-fails", metavar="CHECK", action="append", default=[],
+                        help="this simulated production check fails (e.g. active_incidents), so the "
+                             "promotion is refused: rehearse an override (repeatable)")
     parser.add_argument("--no-auto-promote", action="store_true",
                         help="stop at the promotion gate as a real rollout would, instead of promoting")
     parser.add_argument("--individual-deployments", action="store_true",
@@ -456,8 +487,11 @@ def _simulate(args: argparse.Namespace) -> int:
     store_path = Path(args.store) if args.store is not None else None
     settings = settings_for_simulate(config.settings_for(SIMULATED), spec=spec, store=store_path,
                                      seed=args.seed, fail=args.fail, retry_fixes=args.retry_fixes,
-                                     hang=args.hang)
+                                     hang=args.hang, failing_checks=args.check_fails)
     version = _new_version(SIMULATED, settings, args.version)
+    from deploystate import notify_cli
+
+    notifiers = notify_cli.notifiers_for(config, strict=True)  # an unset variable: refused, nothing written
     # Everything in check mode: a simulation must read as one, never as a REAL deployment.
     strategy = attrs.evolve(config.strategy, check_mode_everywhere=True,
                             individual_deployments=args.individual_deployments
@@ -468,13 +502,15 @@ def _simulate(args: argparse.Namespace) -> int:
         store: Store = (stack.enter_context(_journal(store_path, create=True)) if store_path is not None
                         else stack.enter_context(MemoryStore()))
         backends = stack.enter_context(_open_backends(SIMULATED, settings))
+        delivery = stack.enter_context(notify_cli.delivering(notifiers, store, backends.runbook, [version],
+                                                             in_memory=store_path is None))
         try:
             existing: RolloutView | None = _read(store, version)
         except UnknownRollout:
             existing = None
         if existing is None:
             runner = _runner(store, backends, config, strategy=strategy, auto_promote=auto_promote,
-                             progress=progress, checkpoint=checkpoint)
+                             progress=progress, checkpoint=checkpoint, delivery=delivery)
             runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
         else:
             # The same command again resumes a rollout (e.g. after its process was killed).
@@ -486,7 +522,7 @@ def _simulate(args: argparse.Namespace) -> int:
             runner = _runner(store, backends, config,
                              strategy=_recorded_strategy(existing, strategy, progress),
                              auto_promote=auto_promote, progress=progress, origin=existing.created_at,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, delivery=delivery)
         result = runner.run(version)
         view = result.view
         by_step = None
@@ -525,12 +561,16 @@ def _start(args: argparse.Namespace) -> int:
     # An unknown backend or a version it refuses is an error before any file is made.
     version = _new_version(config.backend, settings, args.version)
     config.strategy.check(spec)  # a plan under which nothing deploys: refused before any file is made
-    with _journal(store_path, create=True) as store, _open_backends(config.backend, settings) as backends:
+    from deploystate import notify_cli
+
+    notifiers = notify_cli.notifiers_for(config, strict=True)  # an unset variable: refused before any file
+    with _journal(store_path, create=True) as store, _open_backends(config.backend, settings) as backends, \
+            notify_cli.delivering(notifiers, store, backends.runbook, [version]) as delivery:
         if version in store.rollouts():
             raise DeploystateError(f"rollout {version} already exists in {store_path}; see it with "
                                    f"'deploystate status {version}' or advance it with "
                                    f"'deploystate run {version}'")
-        runner = _runner(store, backends, config, strategy=config.strategy)
+        runner = _runner(store, backends, config, strategy=config.strategy, delivery=delivery)
         runner.create(version, spec)  # the backend prepares for it (a simulated clock: the tag's time)
     _out(_shown(f"journal: {store_path}") + f"\nnext: deploystate run {version}\n")
     return EXIT_OK
@@ -548,17 +588,21 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     checkpoint = _checkpoint()
     store_path = _store_path(args, config)
+    from deploystate import notify_cli
+
+    notifiers = notify_cli.notifiers_for(config, strict=True)  # an unset variable: refused, nothing written
     with _journal(store_path, create=False) as store, \
-            _open_backends(config.backend, _configured_settings(config, store_path)) as backends:
-        version = backends.check_version(args.version)
+            _open_backends(config.backend, _configured_settings(config, store_path)) as backends, \
+            notify_cli.delivering(notifiers, store, backends.runbook) as delivery:
+        version = _rollout_id(backends, store, args.version)
         view = _read(store, version)
         print(_shown(f"running rollout {version} from record {view.seq} ({report.situation(view)})"),
               flush=True)
         strategy = _recorded_strategy(view, config.strategy, sys.stdout)
         runner = _runner(store, backends, config, strategy=strategy, origin=view.created_at,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, delivery=delivery)
         result = runner.run(version)
-    if result.stop is Stop.DONE:
+    if result.stop in (Stop.DONE, Stop.SUPERSEDED):
         _out(_shown(result.message) + "\n")
     else:
         stopped = _shown(f"rollout {version} stopped: {report.situation(result.view)}")
@@ -583,7 +627,7 @@ def _status(args: argparse.Namespace) -> int:
         raise UsageError("choose --diagram or --json, not both")
     if args.diagram and args.version is None:
         raise UsageError("--diagram draws one rollout; give its VERSION")
-    from deploystate import report
+    from deploystate import notify_cli, report
 
     config = _config(args)
     # No backend: the journal alone says which rollouts exist (an unknown one is an error naming it).
@@ -593,18 +637,38 @@ def _status(args: argparse.Namespace) -> int:
 
             # Kept summaries; only rollouts without a current one are replayed.
             rows = listing(store)
-            _out(report.dumps(report.list_data(rows)) if args.json else report.list_text(rows))
+            environments = _environment_views(store)
+            if args.json:  # a list of rollouts, as scripts have read it
+                _out(report.dumps(report.list_data(rows)))
+            else:
+                _out(report.list_text(rows) + ("\n" + report.environments_text(environments)
+                                               if environments else ""))
+                _out(notify_cli.status_text(store, config))
             return EXIT_OK
         view = _read(store, args.version)
+        environments = _environment_views(store, view)
+        delivery_text, delivery_data = (notify_cli.status_text(store, config, view.rollout_id),
+                                        notify_cli.status_data(store, config, view.rollout_id))
     if args.diagram:
         from deploystate.diagram import render
 
         _out(render(view.machine, "mermaid", phases=view.phases))
     elif args.json:
-        _out(report.dumps(report.summary_data(view)))
+        _out(report.dumps({**report.summary_data(view), **delivery_data}))
     else:
-        _out(report.status_text(view))
+        _out(report.status_text(view) + ("\n" + report.environments_text(environments)
+                                         if environments else "") + delivery_text)
     return EXIT_OK
+
+
+def _environment_views(store: Store, view: RolloutView | None = None) -> list[Any]:
+    """The environments of the store (those ``view`` deploys to, if given), as they stand."""
+    from deploystate.environments import environment_view
+
+    names = store.environments()
+    if view is not None:
+        names = [n for n in names if any(n in s.targets for s in view.spec.steps)]
+    return [environment_view(name, store.env_read(name)) for name in names]
 
 
 def _history_arguments(parser: argparse.ArgumentParser) -> None:
@@ -666,12 +730,17 @@ def _operate(args: argparse.Namespace, act: Callable[[Runner, str], RolloutView]
 
     config = _config(args)
     store_path = _store_path(args, config)
+    from deploystate import notify_cli
+
+    notifiers = notify_cli.notifiers_for(config, strict=False)  # never refuses a person's command
     with _journal(store_path, create=False) as store, \
-            _open_backends(config.backend, _configured_settings(config, store_path)) as backends:
-        version = backends.check_version(args.version)
+            _open_backends(config.backend, _configured_settings(config, store_path)) as backends, \
+            notify_cli.delivering(notifiers, store, backends.runbook) as delivery:
+        version = _rollout_id(backends, store, args.version)
         view = _read(store, version)
         # Operator commands start nothing, so the strategy does not matter here.
-        runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at)
+        runner = _runner(store, backends, config, strategy=config.strategy, origin=view.created_at,
+                         delivery=delivery)
         after = act(runner, version)
     if after.active:
         _out(_shown(f"{done}; rollout {version} is now {report.situation(after)}") + f"\n{_next(after)}")
@@ -684,12 +753,88 @@ def _promote_arguments(parser: argparse.ArgumentParser) -> None:
     _version_argument(parser)
     _by_argument(parser, required=True)
     parser.add_argument("--reason", metavar="TEXT", default=None, help="why (recorded and announced)")
+    parser.add_argument("--override-checks", metavar="REASON", default=None,
+                        help="promote although production checks fail: those failing now are overridden "
+                             "(recorded with who, why and until when; a lock is never overridden)")
+    parser.add_argument("--override-expires", metavar="DURATION", default=None,
+                        help="how long the override lasts, e.g. 30m, 2h (default 1h)")
     _config_arguments(parser)
 
 
 def _promote(args: argparse.Namespace) -> int:
-    by = _actor(args.by)
-    return _operate(args, lambda runner, v: runner.promote(v, by, args.reason), f"promoted by {by}")
+    from deploystate import gate_cli
+
+    return gate_cli.promote(args)
+
+
+def _override_arguments(parser: argparse.ArgumentParser) -> None:
+    _version_argument(parser)
+    _by_argument(parser, required=True)
+    parser.add_argument("--reason", metavar="TEXT", required=True, help="why (recorded and announced)")
+    parser.add_argument("--expires", metavar="DURATION", default=None,
+                        help="how long the override lasts, e.g. 30m, 2h (default 1h)")
+    _config_arguments(parser)
+
+
+def _override(args: argparse.Namespace) -> int:
+    from deploystate import gate_cli
+
+    return gate_cli.override(args)
+
+
+def _checks_arguments(parser: argparse.ArgumentParser) -> None:
+    _version_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _config_arguments(parser)
+
+
+def _checks(args: argparse.Namespace) -> int:
+    from deploystate import gate_cli
+
+    return gate_cli.checks(args)
+
+
+def _environment_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("environment", metavar="ENV", help="the environment (a name the spec deploys to)")
+
+
+def _lock_arguments(parser: argparse.ArgumentParser) -> None:
+    _environment_argument(parser)
+    _by_argument(parser, required=True)
+    parser.add_argument("--reason", metavar="TEXT", required=True, help="why (recorded and shown)")
+    _config_arguments(parser)
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from deploystate import gate_cli
+
+    return gate_cli.lock(args)
+
+
+def _unlock_arguments(parser: argparse.ArgumentParser) -> None:
+    _environment_argument(parser)
+    _by_argument(parser, required=True)
+    _config_arguments(parser)
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    from deploystate import gate_cli
+
+    return gate_cli.unlock(args)
+
+
+def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    _environment_argument(parser)
+    _version_argument(parser)
+    _by_argument(parser, required=True)
+    parser.add_argument("--reason", metavar="TEXT", required=True, help="why (recorded and announced)")
+    _config_arguments(parser)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from deploystate import gate_cli
+
+    return gate_cli.rollback(args)
 
 
 def _retry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -756,6 +901,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("skip-bake", "end a running bake early (incidents; reason required)",
             _skip_bake_arguments, _skip_bake),
     Command("abort", "abort a rollout", _abort_arguments, _abort),
+    Command("notify-test", "send one test message to each configured notifier and say what each answered",
+            _notify_test_arguments, _notify_test),
+    Command("checks", "run the production checks for a rollout now and print them (changes nothing)",
+            _checks_arguments, _checks),
+    Command("override", "override the production checks failing now, for a rollout's protected deployment",
+            _override_arguments, _override),
+    Command("lock", "lock an environment: no new deployment starts there", _lock_arguments, _lock),
+    Command("unlock", "unlock an environment", _unlock_arguments, _unlock),
+    Command("rollback", "redeploy an older version that already succeeded in an environment, on purpose",
+            _rollback_arguments, _rollback),
     Command("history", "every journal record of a rollout", _history_arguments, _history),
     Command("check-store", "check the whole journal (every page and record; opening one makes only "
             "cheap checks); exit 2 with the problems found", _check_store_arguments, _check_store),

@@ -62,6 +62,7 @@ class ConfigError(DeploystateError):
 # limit of 1e300 or nan never ends; inf crashes the clock's arithmetic mid-run).
 LIMIT_RANGE_S = (1.0, 7 * 86400.0)
 TRIGGER_DOUBT_RANGE_S = (1.0, 3600.0)
+OVERRIDE_RANGE_S = (60.0, 7 * 86400.0)
 # The same limits as deploystate.toml gives them, in minutes.
 LIMIT_RANGE_MINUTES = (1.0, 7 * 24 * 60.0)
 
@@ -94,6 +95,14 @@ class RunnerConfig:
     trigger_doubt_s: float = attrs.field(default=60.0, validator=_seconds_within(*TRIGGER_DOUBT_RANGE_S))
     # Who may promote or skip a bake (None: anyone).
     release_managers: frozenset[str] | None = None
+    # How long an override of failing production checks lasts unless its maker says otherwise.
+    override_s: float = attrs.field(default=3600.0, validator=_seconds_within(*OVERRIDE_RANGE_S))
+
+    def check_override_s(self, seconds: float) -> None:
+        """Refuse an override that would last less than a minute or more than a week."""
+        if not within(seconds, *OVERRIDE_RANGE_S):
+            raise DeploystateError(f"an override must last between 1 minute and 7 days, not "
+                                   f"{number_text(seconds)} s; say e.g. --override-expires 2h")
 
     def check_release_manager(self, by: str, what: str) -> None:
         """Refuse ``what`` (promote, skip-bake) by someone not on the list of release managers."""

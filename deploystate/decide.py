@@ -20,16 +20,25 @@ Exactly-once triggering rests on three rules kept here:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from deploystate.actions import Action
 from deploystate.config import RunnerConfig
+from deploystate.environments import Claim, EnvironmentView, Move, claim, claimed, queued, released
 from deploystate.journal import Entry
 from deploystate.machine import Phase
-from deploystate.ports import Deployment, Outcome, PackageBuild, TriggerRequest
+from deploystate.ports import (
+    CheckResult,
+    Deployment,
+    Outcome,
+    PackageBuild,
+    TriggerRequest,
+    Verdict,
+    natural_key,
+)
 from deploystate.rollout import RolloutView, StepState
 from deploystate.spec import Step, StepKind
 from deploystate.standing import Where
@@ -41,6 +50,7 @@ class Ask(enum.StrEnum):
     FIND = "find"  # the deployment triggered with this key, if any
     TRIGGER = "trigger"  # start the deployment
     CANCEL = "cancel"  # stop a deployment of an aborted rollout
+    CHECK = "check"  # run the production checks for the step's environments
 
 
 @attrs.frozen
@@ -54,6 +64,10 @@ class Call:
     version: str | None = None
     deployment_id: str | None = None
     request: TriggerRequest | None = None
+    # A look-up made just after the production checks passed: only then may a gated step trigger.
+    checked: bool = False
+    environments: tuple[str, ...] = ()  # CHECK: where the deployment would go
+    rollback: bool = False  # CHECK: for a rollback (checks not marked for rollbacks are not run)
 
 
 @attrs.frozen
@@ -65,6 +79,7 @@ class Seen:
     build: PackageBuild | None = None
     error: str | None = None
     transient: bool = False
+    checks: tuple[CheckResult, ...] = ()
 
 
 @attrs.frozen
@@ -74,6 +89,10 @@ class Outside:
     now: float
     seen: Mapping[str, Seen] = attrs.field(factory=dict)  # by step, this pass's answers
     hinted: bool = False  # the backend says when its next change happens: no polling
+    # The environments this rollout's real deployments go to, as their journals stand.
+    environments: Mapping[str, EnvironmentView] = attrs.field(factory=dict)
+    gate: tuple[str, ...] = ()  # the production checks configured (none: nothing is checked)
+    version_key: Callable[[str], tuple[Any, ...]] = natural_key
 
 
 class Stop(enum.StrEnum):
@@ -81,7 +100,17 @@ class Stop(enum.StrEnum):
     ABORTED = "aborted"
     FAILED = "failed"  # a step failed; a human must retry or abort
     PROMOTION = "waiting_for_promotion"
+    SUPERSEDED = "superseded"  # a newer version got to an environment first
     PAUSED = "paused"  # the caller's wake-up budget ran out
+
+
+@attrs.frozen
+class EnvironmentEntries:
+    """Records for an environment's journal, to append after its record ``expected_seq``."""
+
+    environment: str
+    expected_seq: int
+    entries: tuple[Entry, ...]
 
 
 @attrs.frozen
@@ -90,10 +119,11 @@ class Decision:
     calls: tuple[Call, ...] = ()  # then make these
     wake_at: float | None = None  # nothing to do before this (None: no deadline of our own)
     stop: Stop | None = None  # the runner has nothing more to do: why
+    environments: tuple[EnvironmentEntries, ...] = ()  # then append these (claims, releases)
 
     @property
     def idle(self) -> bool:
-        return not self.entries and not self.calls
+        return not self.entries and not self.calls and not self.environments
 
 
 def decide(view: RolloutView, outside: Outside, config: RunnerConfig) -> Decision:
@@ -114,10 +144,13 @@ def stop_of(view: RolloutView, now: float, config: RunnerConfig) -> Stop | None:
         return Stop.DONE
     if standing.where is Where.ABORTED:
         return Stop.ABORTED
+    if standing.where is Where.SUPERSEDED:
+        return Stop.SUPERSEDED
     for step in view.spec.steps:
         state = view.steps[step.name]
         if state.phase is Phase.RUNNING:
-            if step.kind is StepKind.PROMOTION and config.auto_promote is None:
+            if step.kind is StepKind.PROMOTION and (config.auto_promote is None
+                                                    or _refused(view, PROMOTION_CHECKS, state.attempt)):
                 continue
             return None
         if state.phase is Phase.FAILED and still_watched(step, state, now, config):
@@ -138,6 +171,37 @@ def still_watched(step: Step, state: StepState, now: float, config: RunnerConfig
 
 
 _LEFT_TO_THE_ROLLOUT = frozenset({Phase.PENDING, Phase.SUCCEEDED})  # a step's own pass skips these
+PROMOTION_CHECKS = "promotion"  # what the checks run at a promotion are recorded for
+# A lock is lifted by unlocking, never by an override.
+NOT_OVERRIDABLE = frozenset({"environment_lock"})
+_FAILING = frozenset({Verdict.FAILED, Verdict.ERROR})
+
+
+def _refused(view: RolloutView, what: str, attempt: int) -> bool:
+    """The checks last recorded for ``what`` (this attempt) refused it."""
+    last = view.checks.get(what)
+    return last is not None and last.get("attempt") == attempt and not last.get("passed")
+
+
+def failing_checks(results: tuple[CheckResult, ...]) -> frozenset[str]:
+    return frozenset(r.name for r in results if r.verdict in _FAILING)
+
+
+def checks_pass(view: RolloutView, results: tuple[CheckResult, ...], now: float) -> bool:
+    """Every check passed, or those failing are covered by live overrides (a lock never is)."""
+    failing = failing_checks(results)
+    return not failing or (not failing & NOT_OVERRIDABLE and view.overridden(failing, now))
+
+
+def protected_environments(view: RolloutView) -> tuple[str, ...]:
+    """Where the production checks look: the environments of the real protected deployments (of
+    every protected deployment when none is real), or a rollback's own environment."""
+    if view.rollback is not None:
+        return (str(view.rollback.get("environment")),)
+    protected = [s for s in view.spec.steps if s.protected]
+    real = set(view.strategy.real_steps(view.spec))
+    chosen = [s for s in protected if s.name in real] or protected
+    return tuple(sorted({env for s in chosen for env in s.targets}))
 
 
 class _Decider:
@@ -154,10 +218,13 @@ class _Decider:
         self.entries: list[Entry] = []
         self.calls: list[Call] = []
         self.wake: list[float] = []
+        self.env_entries: dict[str, list[Entry]] = {}
+        self._real: frozenset[str] | None = None
 
     # -- the whole rollout ----------------------------------------------------------------
     def all_steps(self) -> Decision:
         view = self.view
+        self._releases()
         states = view.steps
         for step in view.spec.steps:
             if states[step.name].phase not in _LEFT_TO_THE_ROLLOUT:  # _step would do nothing
@@ -172,6 +239,7 @@ class _Decider:
 
     def one_step(self, name: str) -> Decision:
         step = self.view.spec.step(name)
+        self._releases()
         self._step(step)
         if not self.entries and not self.calls and name in self.view.ready_steps:
             self._start(step)
@@ -179,13 +247,16 @@ class _Decider:
 
     def _decision(self) -> Decision:
         stop = None
-        if not self.entries and not self.calls and not self.cleanup_pending:
+        envs = tuple(EnvironmentEntries(env, self.outside.environments.get(env, EnvironmentView(env)).seq,
+                                        tuple(entries)) for env, entries in sorted(self.env_entries.items()))
+        if not self.entries and not self.calls and not envs and not self.cleanup_pending:
             stop = stop_of(self.view, self.now, self.config)
             if stop is Stop.FAILED:
                 self._last_looks()
                 if self.calls:
                     stop = None
-        return Decision(tuple(self.entries), tuple(self.calls), min(self.wake) if self.wake else None, stop)
+        return Decision(tuple(self.entries), tuple(self.calls), min(self.wake) if self.wake else None, stop,
+                        envs)
 
     # -- one step -------------------------------------------------------------------------
     def _step(self, step: Step) -> None:
@@ -240,9 +311,19 @@ class _Decider:
                 self.wake.append(since + step.duration_s)
         elif kind is StepKind.PROMOTION:
             by = self.config.auto_promote
-            if by is not None:
-                self.entries.append(Entry(Action.SUCCEED.value, self.now, by, step.name,
-                                          {"by": by, "reason": "automatic promotion (simulation)"}))
+            if by is None or _refused(self.view, PROMOTION_CHECKS, state.attempt):
+                return  # a person promotes (or overrides the checks that refused it)
+            data: dict[str, Any] = {"by": by, "reason": "automatic promotion (simulation)"}
+            if self.outside.gate:
+                if seen is None or seen.call.ask is not Ask.CHECK:
+                    self.calls.append(self._check_call(step, state, protected_environments(self.view)))
+                    return
+                passed = checks_pass(self.view, seen.checks, self.now)
+                self.entries.append(self._checked(PROMOTION_CHECKS, state, seen.checks, passed))
+                if not passed:
+                    return
+                data["checks"] = "passed"
+            self.entries.append(Entry(Action.SUCCEED.value, self.now, by, step.name, data))
         elif seen is None:
             self.calls.append(self._look(step, state))
         elif seen.error is not None:
@@ -257,6 +338,8 @@ class _Decider:
             deployment = seen.deployment
             assert deployment is not None
             extra: dict[str, Any] = {"deployment_id": deployment.id}
+            if deployment.web_url:  # so a notice of its end can link it, whoever delivers it
+                extra["web_url"] = deployment.web_url
             if deployment.finished_at is not None:
                 extra["finished_at"] = deployment.finished_at
             self._outcome(step, state, deployment.outcome, deployment.status, extra,
@@ -338,6 +421,10 @@ class _Decider:
                     self._clean_up_later(self.now + self.config.wait_policy.min_interval_s)
                 return  # looked up (or failed for good): nothing to stop, and nothing is triggered
             if seen.error is None:  # looked up: nobody triggered it
+                if self._gated(step) and not seen.call.checked:
+                    # Production never starts on stale checks: run them now, then look up again.
+                    self.calls.append(self._check_call(step, state, step.targets))
+                    return
                 self.calls.append(self._trigger_call(step, state, Ask.TRIGGER))
                 return
             if not seen.transient:
@@ -362,7 +449,140 @@ class _Decider:
             else:
                 self._clean_up_later(doubt_ends)
             return
+        if self.active and step.name in self.real and not self._hold_environments(step, state):
+            return
+        if seen is not None and seen.call.ask is Ask.CHECK and self.active:
+            if self._checks_let(step, state, seen):
+                self.calls.append(self._trigger_call(step, state, Ask.FIND, checked=True))
+            return
         self.calls.append(self._trigger_call(step, state, Ask.FIND))
+
+    # -- the gate: environments and production checks ------------------------------------------
+    @property
+    def real(self) -> frozenset[str]:
+        """The steps of the rollout's real path (what claims environments), worked out once."""
+        if self._real is None:
+            self._real = frozenset(self.view.strategy.real_steps(self.view.spec))
+        return self._real
+
+    def _gated(self, step: Step) -> bool:
+        """Whether the production checks must pass right before ``step`` triggers."""
+        return (bool(self.outside.gate) and self.active and step.name in self.real
+                and (step.protected or self.view.rollback is not None))
+
+    def _env(self, name: str) -> EnvironmentView:
+        return self.outside.environments.get(name) or EnvironmentView(name)
+
+    def _hold_environments(self, step: Step, state: StepState) -> bool:
+        """True when the step holds every environment it deploys to; else the records and waits
+        that bring it closer (a claim, a place in the queue, or the end: superseded)."""
+        assert state.key is not None
+        rollback = self.view.rollback is not None
+        want = Claim(self.view.rollout_id, step.name, state.key, self.view.version, self.now, rollback)
+        for env in sorted(set(step.targets)):  # one order for everyone: no two rollouts wait on each other
+            view = self._env(env)
+            answer = claim(view, want, self.outside.version_key)
+            if answer.move is Move.HELD:
+                continue
+            if answer.move is Move.SUPERSEDED:
+                self._supersede(step, env, answer.why, answer.by_version)
+                return False
+            if answer.move is Move.CLAIM:
+                self.env_entries.setdefault(env, []).append(claimed(want, self.now, self.config.actor))
+                return False
+            if not any(q.key == want.key for q in view.queued):
+                self.env_entries.setdefault(env, []).append(queued(want, self.now, self.config.actor))
+            self._held(step, state, f"waiting: {answer.why}", answer.why, env)
+            return False
+        return True
+
+    def _held(self, step: Step, state: StepState, status: str, why: str, env: str) -> None:
+        """The step waits before its trigger (a lock, a busy environment, failing checks): said
+        once, looked at again soon, and given up at the deployment's wait limit."""
+        assert state.started_at is not None
+        limit = self.config.deployment_wait_limit_s
+        waited = self.now - state.started_at
+        if waited > limit:
+            self.entries.append(self._entry(Action.FAIL, step.name, {
+                "status": status, "timed_out": True,
+                "reason": f"timed out after {int(waited // 60)} min before its trigger: {why}"}))
+            return
+        if state.last_status != status:
+            self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                "status": status, "severity": "warning", "environment": env, "message": why}))
+        self.wake.append(min(self.now + self.config.wait_policy.min_interval_s,
+                             state.started_at + limit + 1.0))
+
+    def _supersede(self, step: Step, env: str, why: str, by_version: str | None) -> None:
+        """A newer version got to ``env`` first: this rollout ends there, superseded, not failed."""
+        data = {"environment": env, "by_version": by_version, "why": why}
+        self.entries.append(self._entry(Action.SUPERSEDED, step.name, data))
+        self.entries.append(self._entry(Action.FAIL, step.name, {
+            "status": "superseded", "superseded": True, "reason": f"superseded: {why}"}))
+        self.entries.append(self._entry(Action.ABORT, None, {
+            "by": self.config.actor, "reason": f"superseded in {env}: {why}", "superseded": True}))
+
+    def _checks_let(self, step: Step, state: StepState, seen: Seen) -> bool:
+        passed = checks_pass(self.view, seen.checks, self.now)
+        last = self.view.checks.get(step.name)
+        summary = [(r.name, r.verdict.value, r.detail) for r in seen.checks]
+        same = (last is not None and last.get("attempt") == state.attempt and not last.get("passed")
+                and [(r.get("name"), r.get("verdict"), r.get("detail")) for r in last.get("results", ())]
+                == summary)
+        if passed or not same:
+            self.entries.append(self._checked(step.name, state, seen.checks, passed))
+        if passed:
+            return True
+        failing = sorted(failing_checks(seen.checks))
+        locked = sorted(set(failing) & NOT_OVERRIDABLE)
+        how = ("unlock the environment" if locked else
+               f"'deploystate override {self.view.rollout_id} --by YOU --reason TEXT'")
+        self._held(step, state, "held: checks failing: " + ", ".join(failing),
+                   f"held before its trigger: production checks failing ({', '.join(failing)}); it goes on "
+                   f"when they pass, or after {how}", ",".join(step.targets))
+        return False
+
+    def _checked(self, what: str, state: StepState, results: tuple[CheckResult, ...], passed: bool) -> Entry:
+        failing = failing_checks(results)
+        data: dict[str, Any] = {"for": what, "attempt": state.attempt, "passed": passed,
+                                "results": [r.as_dict() for r in results]}
+        if passed and failing:
+            data["overridden"] = sorted(failing)
+        return self._entry(Action.CHECKED, None if what == PROMOTION_CHECKS else what, data)
+
+    def _check_call(self, step: Step, state: StepState, environments: tuple[str, ...]) -> Call:
+        return Call(Ask.CHECK, step.name, state.attempt, environments=environments,
+                    rollback=self.view.rollback is not None)
+
+    def _releases(self) -> None:
+        """Give back the environments (and queue places) this rollout no longer needs."""
+        rid = self.view.rollout_id
+        for env, view in self.outside.environments.items():
+            for held in view.holds(rid):
+                outcome = self._release_outcome(held, is_holder=held is view.holder)
+                if outcome is not None:
+                    self.env_entries.setdefault(env, []).append(
+                        released(held, outcome, self.now, self.config.actor))
+
+    def _release_outcome(self, held: Claim, *, is_holder: bool) -> str | None:
+        """None while the claim is still needed; else how it ended (succeeded, failed...)."""
+        state = self.view.steps.get(held.step)
+        if state is None or state.key != held.key:
+            return "over"  # an earlier attempt's
+        phase = state.phase
+        if self.view.active:
+            if phase is Phase.RUNNING and (is_holder or state.deployment_id is None):
+                return None
+            if phase is Phase.FAILED and state.timed_out and state.deployment_id is not None and is_holder:
+                return None  # given up waiting, but it may still deploy there
+        elif self.cleaning and phase is Phase.RUNNING and state.deployment_id is not None \
+                and not state.canceled and is_holder:
+            return None  # being canceled
+        if phase is Phase.SUCCEEDED and is_holder:
+            return "succeeded"
+        if self.view.superseded is not None:
+            return "superseded"
+        return "failed" if phase is Phase.FAILED else self.view.status
 
     def _clean_up_later(self, at: float) -> None:
         self.wake.append(at)
@@ -383,12 +603,12 @@ class _Decider:
                 "message": f"could not cancel pipeline {state.deployment_id} ({seen.error}); it may still "
                            "be deploying: cancel it in the deployer"}))
 
-    def _trigger_call(self, step: Step, state: StepState, ask: Ask) -> Call:
+    def _trigger_call(self, step: Step, state: StepState, ask: Ask, *, checked: bool = False) -> Call:
         assert state.key is not None
         request = TriggerRequest(key=state.key, version=self.view.version, environments=state.environments,
                                  ref=state.ref or "", check_mode=bool(state.check_mode),
-                                 user=self.config.deploy_user)
-        return Call(ask, step.name, state.attempt, request=request)
+                                 user=self.config.deploy_user, rollback=self.view.rollback is not None)
+        return Call(ask, step.name, state.attempt, request=request, checked=checked)
 
     # -- a failed step may come back ---------------------------------------------------------
     def _failed(self, step: Step, state: StepState, seen: Seen | None) -> None:

@@ -27,12 +27,15 @@ import attrs
 from deploystate.ports import (
     BackendError,
     Backends,
+    CheckContext,
+    CheckResult,
     Clock,
     Deployment,
     Notice,
     Outcome,
     PackageBuild,
     TriggerRequest,
+    Verdict,
 )
 
 DeploymentHandler = Callable[[TriggerRequest, int], Outcome]

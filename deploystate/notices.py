@@ -65,6 +65,9 @@ def notice_for(record: Record, runbook: str | None = None, *, dry_run: bool = Fa
     elif action == Action.SKIP:
         severity = "warning"
         message = f"{step}: skipped by {data.get('by')}: {data.get('reason')}"
+    elif action == Action.FAIL and data.get("superseded"):
+        severity = "warning"
+        message = f"{step}: not deployed, {data.get('reason')}"
     elif action == Action.FAIL and dry_run:
         severity = "warning"
         where = f" (pipeline {data['deployment_id']})" if data.get("deployment_id") else ""
@@ -87,6 +90,19 @@ def notice_for(record: Record, runbook: str | None = None, *, dry_run: bool = Fa
     elif action == Action.OBSERVED:
         severity = str(data.get("severity", "warning"))
         message = f"{step}: {data.get('message') or data.get('status')}"
+    elif action == Action.CHECKED:
+        message, severity = _checked(record)
+    elif action == Action.OVERRIDDEN:
+        severity = "warning"
+        message = (f"production checks OVERRIDDEN by {data.get('by')} for {record.rollout_id}: "
+                   f"{', '.join(map(str, data.get('checks', ())))} ({data.get('reason')}); until "
+                   f"{_utc(data.get('until'))}")
+    elif action == Action.SUPERSEDED:
+        severity = "warning"
+        message = f"rollout {record.rollout_id} superseded in {data.get('environment')}: {data.get('why')}"
+    elif action == Action.ABORT and data.get("superseded"):
+        severity = "warning"
+        message = f"rollout {record.rollout_id} ends superseded: {data.get('reason')}"
     elif action == Action.FINISH:
         message = f"rollout {record.rollout_id} done"
     elif action == Action.ABORT:
@@ -96,6 +112,30 @@ def notice_for(record: Record, runbook: str | None = None, *, dry_run: bool = Fa
         message = f"{action} {step}".strip()
     return Notice(record.rollout_id, record.at, severity, message, action, record.step, dict(data),
                   record.seq)
+
+
+def _utc(at: object) -> str:
+    if not isinstance(at, int | float):
+        return "?"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
+def _checked(record: Record) -> tuple[str, str]:
+    """A line for a ``checked`` record: what passed, what failed and why, what it means."""
+    data = record.data
+    results = [r for r in data.get("results", ()) if isinstance(r, dict)]
+    failing = [r for r in results if r.get("verdict") in ("failed", "error")]
+    what = data.get("for") or record.step or "?"
+    where = "the promotion" if what == "promotion" else f"{what}" if what != "override" else "an override"
+    if not failing:
+        return f"production checks for {where}: all {len(results)} passed", "info"
+    shown = "; ".join(f"{r.get('name')} {r.get('verdict')}: {r.get('detail')}" for r in failing)
+    if data.get("passed"):
+        return f"production checks for {where}: {shown} (overridden)", "warning"
+    held = "refused" if what == "promotion" else "held" if what != "override" else "failing"
+    return f"production checks for {where} {held}: {shown}", "error" if held == "refused" else "warning"
 
 
 class LogNotifier:

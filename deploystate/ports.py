@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -182,6 +182,7 @@ class Verdict(enum.StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     ERROR = "error"  # the check could not tell: counted as a failure (fail closed), said as such
+    SKIPPED = "skipped"  # not run: a rollback, and the check is not marked to run for rollbacks
 
 
 @attrs.frozen
@@ -196,6 +197,10 @@ class CheckContext:
     rollback: bool = False
 
 
+def _strings(values: Iterable[object]) -> tuple[str, ...]:
+    return tuple(str(value) for value in values)
+
+
 @attrs.frozen
 class CheckResult:
     """One check's answer: a verdict, a one-line detail, and the evidence (links, failing series)."""
@@ -203,7 +208,7 @@ class CheckResult:
     name: str = attrs.field(validator=attrs.validators.min_len(1))
     verdict: Verdict = attrs.field(converter=Verdict)
     detail: str = attrs.field(validator=attrs.validators.instance_of(str))
-    evidence: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    evidence: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
     @property
     def passed(self) -> bool:
@@ -216,7 +221,7 @@ class CheckResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
         return cls(str(data.get("name")), str(data.get("verdict")), str(data.get("detail", "")),
-                   tuple(str(e) for e in data.get("evidence", ()) or ()))
+                   _strings(data.get("evidence", ()) or ()))
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ import attrs
 
 from deploystate.actions import Action
 from deploystate.decide import Stop
+from deploystate.environments import EnvironmentView
 from deploystate.journal import Record
 from deploystate.machine import Phase
 from deploystate.rollout import RolloutView
@@ -274,12 +275,15 @@ def summary_text(view: RolloutView, deployer_by_step: Mapping[str, int] | None) 
     """The end of a run: where it stopped and why, the plan, and who was triggered how often."""
     end = view.ended_at if view.ended_at is not None else view.last_at
     headline = {"done": situation(view), "aborted": f"ABORTED ({view.abort_reason})"}.get(view.status)
+    if view.superseded is not None:
+        headline = f"SUPERSEDED ({view.superseded.get('why')})"
     if headline is None:
         headline = "FAILED" if view.standing.failed else situation(view)
     lines = [f"Result: {headline} after {duration(end - view.created_at)} ({span(view.created_at, end)})"]
     for line in step_lines(view):
         if line.phase is Phase.FAILED:
-            label = "dry run:" if line.name in view.machine.optional else "failed: "
+            label = ("dry run:" if line.name in view.machine.optional
+                     else "superseded:" if view.steps[line.name].last_status == "superseded" else "failed: ")
             lines.append(f"  {label}  {line.name} ({','.join(line.environments) or line.kind.value}): "
                          f"{view.steps[line.name].reason}")
     lines += [f"  plan:     {view.plan}", f"  backend:  {view.backend}", ""]
@@ -322,10 +326,47 @@ def status_text(view: RolloutView) -> str:
              offset(line.started_at - origin) if line.started_at is not None else NONE,
              duration(line.duration_s), line.detail] for line in step_lines(view)]
     text += table(["step", "phase", "tries", "start", "took", "detail"], rows)
+    text += gate_text(view)
     hints = next_steps(view)
     if hints:
         text += "\nnext:\n" + "".join(f"  {printable(hint)}\n" for hint in hints)
     return text
+
+
+def gate_text(view: RolloutView) -> str:
+    """The last production checks (per promotion or step) and the overrides, for ``status``."""
+    from deploystate.gates import table as checks_table
+
+    text = ""
+    for what, data in view.checks.items():
+        verdict = "passed" if data.get("passed") else "FAILED"
+        if data.get("passed") and data.get("overridden"):
+            verdict = "passed with overrides"
+        text += f"\nlast production checks for {printable(what)}: {verdict}\n"
+        text += checks_table(list(data.get("results", ()))) + "\n"
+    for o in view.overrides:
+        live = "live" if o.until > view.last_at else "expired"
+        text += printable(f"override by {o.by} of {', '.join(sorted(o.checks))}: {o.reason} "
+                          f"(until {utc(o.until)}, {live})") + "\n"
+    return text
+
+
+def environments_text(environments: Sequence[EnvironmentView]) -> str:
+    """Each environment's lock, what deploys there now, what waits, and what it runs."""
+    lines = []
+    for env in environments:
+        parts = []
+        if env.lock is not None:
+            parts.append(f"LOCKED by {env.lock.by} since {utc(env.lock.at)}: {env.lock.reason}")
+        if env.holder is not None:
+            parts.append(f"deploying {env.holder.version} (rollout {env.holder.rollout})")
+        if env.queued:
+            parts.append("waiting: " + ", ".join(f"{q.version} ({q.rollout})" for q in env.queued))
+        if env.current is not None:
+            how = ", a rollback" if env.current.rollback else ""
+            parts.append(f"runs {env.current.version} since {utc(env.current.at)}{how}")
+        lines.append(f"  {env.name}: " + ("; ".join(parts) or "nothing deployed yet"))
+    return ("environments:\n" + "\n".join(printable(line) for line in lines) + "\n") if lines else ""
 
 
 def list_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -74,6 +74,20 @@ class StepState:
 
 
 @attrs.frozen
+class Override:
+    """A person overrode the production checks named in ``checks`` until ``until``."""
+
+    by: str
+    reason: str
+    checks: frozenset[str]
+    at: float
+    until: float
+
+    def covers(self, names: frozenset[str], now: float) -> bool:
+        return now < self.until and names <= self.checks
+
+
+@attrs.frozen
 class RolloutView:
     """A rollout as rebuilt from its records.  Frozen: :meth:`applied` makes the next one."""
 
@@ -92,6 +106,10 @@ class RolloutView:
     ended_at: float | None = None
     abort_reason: str | None = None
     leave_running: bool = False  # aborted with its running deployments left alone
+    overrides: tuple[Override, ...] = ()
+    # The last production checks' record data, by what they were run for ("promotion", a step).
+    checks: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    superseded: Mapping[str, Any] | None = None  # the 'superseded' record's data
     _standing: Standing | None = attrs.field(default=None, init=False, repr=False, eq=False)
     _ready: tuple[str, ...] | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
@@ -99,8 +117,9 @@ class RolloutView:
     def standing(self) -> Standing:
         """Where the rollout stands: computed once per view, when first asked."""
         if self._standing is None:
-            object.__setattr__(self, "_standing", standing_of(self.status, self.spec, self.steps,
-                                                              self.abort_reason, self.machine.optional))
+            object.__setattr__(self, "_standing", standing_of(
+                self.status, self.spec, self.steps, self.abort_reason, self.machine.optional,
+                superseded=None if self.superseded is None else str(self.superseded.get("why"))))
         assert self._standing is not None
         return self._standing
 
@@ -135,6 +154,24 @@ class RolloutView:
             return bool(self.created["deploys"])
         # Made before this was recorded: the simulated backend said so in its description.
         return "nothing is ever deployed" not in str(self.created.get("backend", ""))
+
+    @property
+    def rollback(self) -> Mapping[str, Any] | None:
+        """For a rollback (``deploystate rollback``): its environment, who asked and why."""
+        found = self.created.get("rollback")
+        return found if isinstance(found, Mapping) else None
+
+    def live_overrides(self, now: float) -> tuple[Override, ...]:
+        return tuple(o for o in self.overrides if now < o.until)
+
+    def overridden(self, failing: frozenset[str], now: float) -> bool:
+        """Whether live overrides cover every check in ``failing`` (none failing: nothing to cover)."""
+        if not failing:
+            return True
+        covered: set[str] = set()
+        for override in self.live_overrides(now):
+            covered |= override.checks
+        return failing <= covered
 
     @property
     def strategy(self) -> Strategy:
@@ -206,7 +243,8 @@ def summary_of(view: RolloutView) -> dict[str, Any]:
     standing = view.standing
     return {"rollout": view.rollout_id, "version": view.version, "spec": view.spec.name,
             "status": view.status, "situation": standing.situation, "where": standing.where.value,
-            "created_at": view.created_at, "last_at": view.last_at, "records": view.seq}
+            "created_at": view.created_at, "last_at": view.last_at, "records": view.seq,
+            **({"superseded": True} if view.superseded is not None else {})}
 
 
 class Machines:
@@ -305,6 +343,9 @@ class _Replay:
         self.ended_at = view.ended_at
         self.leave_running = view.leave_running
         self.abort_reason = view.abort_reason
+        self.overrides = view.overrides
+        self.checks = view.checks
+        self.superseded = view.superseded
         self.changed: dict[str, dict[str, Any]] = {}
 
     def result(self) -> RolloutView:
@@ -315,7 +356,8 @@ class _Replay:
         for name, fields in self.changed.items():
             steps[name] = StepState(**fields)
         return _replace(view, state=self.state, seq=self.seq, last=self.last, ended_at=self.ended_at,
-                        leave_running=self.leave_running, abort_reason=self.abort_reason, steps=steps)
+                        leave_running=self.leave_running, abort_reason=self.abort_reason, steps=steps,
+                        overrides=self.overrides, checks=self.checks, superseded=self.superseded)
 
     def apply(self, record: Record, *, refuse: bool = False) -> None:
         rid = self.view.rollout_id
@@ -343,6 +385,8 @@ class _Replay:
                 _after_event(self._step(record), record, action, _phase_in(self.state, record.step))
         elif action is Action.CREATED:
             raise JournalCorrupt(f"rollout {rid}: record {record.seq} is a second 'created'")
+        elif action in _GATE_FACTS:
+            self._gate_fact(action, record)
         elif record.step is not None:
             step = self._step(record)
             if action is Action.TRIGGERED:
@@ -357,6 +401,19 @@ class _Replay:
                     step["doubt_since"] = record.at
         self.seq = record.seq
         self.last = record
+
+    def _gate_fact(self, action: Action, record: Record) -> None:
+        data = record.data
+        if action is Action.CHECKED:
+            self.checks = {**self.checks, str(data.get("for") or record.step): dict(data)}
+        elif action is Action.OVERRIDDEN:
+            names = data.get("checks", ())
+            self.overrides = (*self.overrides, Override(
+                str(data.get("by")), str(data.get("reason")),
+                frozenset(str(n) for n in names) if isinstance(names, list | tuple) else frozenset(),
+                record.at, _number(data.get("until"), record.at) or record.at))
+        else:  # superseded
+            self.superseded = dict(data)
 
     def _step(self, record: Record) -> dict[str, Any]:
         name = record.step or ""
@@ -466,6 +523,7 @@ def _getter(kind: type, names: tuple[str, ...]) -> operator.attrgetter[Any]:
     return getter
 
 
+_GATE_FACTS = frozenset({Action.CHECKED, Action.OVERRIDDEN, Action.SUPERSEDED})
 _ACTIONS: dict[str, Action] = {action.value: action for action in Action}  # Action(text), without enum's cost
 _STEP_FIELDS = _fields(StepState)
 _step_values = operator.attrgetter(*_STEP_FIELDS)  # a step's fields as a tuple, in that order

@@ -14,20 +14,46 @@ since they call nothing outside; a runner that meets such a write decides again 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
 
-from deploystate import operator
+from deploystate import environments as envs
+from deploystate import gates, operator
 from deploystate.actions import Action
 from deploystate.config import RunnerConfig
-from deploystate.decide import Ask, Call, Decision, Outside, Seen, Stop, decide, decide_step
+from deploystate.decide import (
+    NOT_OVERRIDABLE,
+    PROMOTION_CHECKS,
+    Ask,
+    Call,
+    Decision,
+    Outside,
+    Seen,
+    Stop,
+    decide,
+    decide_step,
+    failing_checks,
+    protected_environments,
+)
+from deploystate.environments import EnvironmentView, environment_view
 from deploystate.errors import DeploystateError, EventRefused
 from deploystate.journal import Entry, JournalConflict, Record
 from deploystate.machine import Phase
-from deploystate.notices import LOG, LogNotifier, notice_for
-from deploystate.ports import BackendError, Backends, Deployment, Hints, Notifier, Outcome, Store, Wakeable
+from deploystate.notices import LOG, notice_for
+from deploystate.ports import (
+    BackendError,
+    Backends,
+    Check,
+    CheckResult,
+    Deployment,
+    Hints,
+    Notifier,
+    Outcome,
+    Store,
+    Wakeable,
+)
 from deploystate.rollout import Machines, RolloutView, rebuild, summary_of
 from deploystate.spec import Spec, spec_to_mapping
 
@@ -56,11 +82,13 @@ class RunResult:
 class Runner:
     def __init__(self, store: Store, backends: Backends, *, config: RunnerConfig | None = None,
                  notifier: Notifier | None = None, machines: Machines | None = None,
-                 checkpoint: Callable[[str], None] | None = None) -> None:
+                 checkpoint: Callable[[str], None] | None = None, checks: Sequence[Check] = ()) -> None:
         self.store = store
         self.backends = backends
         self.config = config or RunnerConfig()
-        self.notifier = notifier or LogNotifier()
+        # Never silent: without a notifier of the embedder's, each notice is a line on stderr.  A
+        # deploystate.delivery.Delivery given here (alone or in a FanOut) delivers from the journal.
+        self.notifier: Notifier = notifier if notifier is not None else _stderr_notifier()
         # None: share the process-wide cache of compiled machines (compiling one costs ms, and a
         # newly compiled machine has learnt no transition yet).
         self.machines = machines
@@ -68,6 +96,8 @@ class Runner:
         # process there.  Does nothing by default.
         self.checkpoint = checkpoint or (lambda name: None)
         self.api_calls = 0
+        self.checks = tuple(checks)  # the production checks (none: the gate checks nothing)
+        self._checking = ("", "")
         self._capabilities: dict[tuple[int, type], tuple[object, bool]] = {}
 
     @property
@@ -103,8 +133,15 @@ class Runner:
         return view.applied(self.store.read(view.rollout_id, after=view.seq))
 
     # -- operator commands --------------------------------------------------------------------
-    def create(self, version: str, spec: Spec) -> RolloutView:
+    def create(self, version: str, spec: Spec, *, rollout_id: str | None = None,
+               rollback: Mapping[str, Any] | None = None) -> RolloutView:
+        """Record a new rollout of ``version`` (its id: the version, unless ``rollout_id``).
+
+        ``rollback`` (environment, by, reason, from_version): a deliberate redeploy of an older
+        version, made by :meth:`rollback`.
+        """
         version = self.backends.check_version(version)
+        rollout_id = rollout_id or version
         strategy = self.config.strategy
         strategy.check(spec)  # a plan under which nothing really deploys is refused
         self.backends.prepare(version)  # e.g. a simulated world moves its clock to the tag's time
@@ -112,16 +149,153 @@ class Runner:
             "version": version, "spec": spec_to_mapping(spec), "settings": strategy.as_dict(),
             "plan": strategy.describe(spec, deploys=self.backends.deploys),
             "backend": self.backends.description, "belongs_to": self.backends.belongs_to,
-            "deploys": self.backends.deploys,
+            "deploys": self.backends.deploys, **({"rollback": dict(rollback)} if rollback else {}),
         })
-        records = [Record(version, 1, entry.action, entry.at, entry.actor, None, dict(entry.data))]
+        records = [Record(rollout_id, 1, entry.action, entry.at, entry.actor, None, dict(entry.data))]
         view = rebuild(records) if self.machines is None else rebuild(records, self.machines)
-        self._announce(self.store.append(version, 0, [entry], summary=summary_of(view)))
+        self._announce(self.store.append(rollout_id, 0, [entry], summary=summary_of(view)))
         return view
 
-    def promote(self, rollout_id: str, by: str, reason: str | None = None) -> RolloutView:
+    def promote(self, rollout_id: str, by: str, reason: str | None = None, *,
+                override: str | None = None, override_for_s: float | None = None) -> RolloutView:
+        """Promote, once the production checks pass (all are run now, and recorded whatever they
+        say).  Checks that fail refuse the promotion (:class:`~deploystate.gates.ChecksRefused`)
+        unless ``override`` (a reason) is given: the failing ones are then overridden, by ``by``,
+        for ``override_for_s`` (default ``RunnerConfig.override_s``), and that is recorded."""
         self.config.check_release_manager(by, "promote")
-        return self._operate(rollout_id, lambda view, now: operator.promote(view, by, reason, now))
+        view = self._ours(self.view(rollout_id))
+        operator.promote(view, by, reason, self.clock.now())  # refused here if it is not waiting
+        results: tuple[CheckResult, ...] = ()
+        if self.checks:
+            results = self.check_now(view)
+        now = self.clock.now()
+        failing = failing_checks(results)
+        gate: list[Entry] = []
+        if results:
+            passed = not failing or self._may_override(failing, override)
+            gate.append(Entry(Action.CHECKED.value, now, by, None, {
+                "for": PROMOTION_CHECKS, "attempt": _promotion_attempt(view),
+                "results": [r.as_dict() for r in results], "passed": passed,
+                **({"overridden": sorted(failing)} if failing and passed else {})}))
+        if failing and not self._may_override(failing, override):
+            self._operate(rollout_id, lambda view, now: gate)
+            raise gates.ChecksRefused(self._refusal(rollout_id, failing, override), results)
+        if failing:
+            assert override is not None
+            gate.append(self._override_entry(by, override, failing, now, override_for_s, PROMOTION_CHECKS))
+        extra = {"checks": ("overridden" if failing else "passed")} if results else {}
+        return self._operate(rollout_id, lambda view, now: [
+            *gate, *(attrs.evolve(e, data={**e.data, **extra})
+                     for e in operator.promote(view, by, reason, now))])
+
+    def override(self, rollout_id: str, by: str, reason: str, *, for_s: float | None = None) -> RolloutView:
+        """Override the production checks failing now for ``rollout_id``'s next protected
+        deployment (one held before its trigger, or yet to come), recorded with who, why and until."""
+        self.config.check_release_manager(by, "override production checks")
+        view = self._ours(self.view(rollout_id))
+        if not view.active:
+            raise DeploystateError(f"rollout {rollout_id} is {view.status}; there is nothing to override")
+        if not self.checks:
+            raise DeploystateError("no production checks are configured, so there is nothing to override")
+        results = self.check_now(view)
+        failing = failing_checks(results)
+        now = self.clock.now()
+        checked = Entry(Action.CHECKED.value, now, by, None, {
+            "for": "override", "results": [r.as_dict() for r in results], "passed": not failing})
+        if not failing:
+            self._operate(rollout_id, lambda view, now: [checked])
+            raise DeploystateError(f"every production check passes for {rollout_id}; nothing was overridden")
+        if not self._may_override(failing, reason):
+            self._operate(rollout_id, lambda view, now: [checked])
+            raise gates.ChecksRefused(self._refusal(rollout_id, failing, reason), results)
+        entry = self._override_entry(by, reason, failing, now, for_s, "override")
+        return self._operate(rollout_id, lambda view, now: [checked, entry])
+
+    def check_now(self, view: RolloutView) -> tuple[CheckResult, ...]:
+        """The production checks for ``view``'s protected environments, run now; nothing is written."""
+        return gates.run_for(self.checks, view.rollout_id, view.version, protected_environments(view),
+                             self.clock.now(), rollback=view.rollback is not None)
+
+    @staticmethod
+    def _may_override(failing: frozenset[str], override: str | None) -> bool:
+        return override is not None and not failing & NOT_OVERRIDABLE
+
+    def _override_entry(self, by: str, reason: str, failing: frozenset[str], now: float,
+                        for_s: float | None, what: str) -> Entry:
+        seconds = self.config.override_s if for_s is None else for_s
+        self.config.check_override_s(seconds)
+        return Entry(Action.OVERRIDDEN.value, now, by, None, {
+            "by": by, "reason": reason, "checks": sorted(failing), "at": now, "until": now + seconds,
+            "for": what})
+
+    @staticmethod
+    def _refusal(rollout_id: str, failing: frozenset[str], override: str | None) -> str:
+        locked = sorted(failing & NOT_OVERRIDABLE)
+        if locked and override is not None:
+            return (f"{rollout_id} was not promoted: {', '.join(locked)} failed, and a lock is never "
+                    "overridden; unlock the environment first ('deploystate unlock ENV --by YOU')")
+        return (f"{rollout_id} was not promoted: production checks failed ({', '.join(sorted(failing))}); "
+                "the results are recorded. Promote when they pass, or override them: 'deploystate promote "
+                f"{rollout_id} --by YOU --override-checks REASON [--override-expires 1h]'")
+
+    # -- environments: locks and rollbacks -------------------------------------------------------
+    def environment(self, name: str) -> EnvironmentView:
+        return environment_view(name, self.store.env_read(name))
+
+    def lock(self, environment: str, by: str, reason: str) -> EnvironmentView:
+        """Lock ``environment``: no new deployment starts there (a running one goes on)."""
+        def choose(view: EnvironmentView, now: float) -> list[Entry]:
+            if view.lock is not None:
+                raise DeploystateError(f"{environment} is already locked by {view.lock.by}: "
+                                       f"{view.lock.reason}; nothing was recorded")
+            return [envs.locked(by, reason, now)]
+        return self._operate_environment(environment, choose)
+
+    def unlock(self, environment: str, by: str) -> EnvironmentView:
+        def choose(view: EnvironmentView, now: float) -> list[Entry]:
+            if view.lock is None:
+                raise DeploystateError(f"{environment} is not locked; nothing was recorded")
+            return [envs.unlocked(by, now)]
+        return self._operate_environment(environment, choose)
+
+    def _operate_environment(self, environment: str,
+                             choose: Callable[[EnvironmentView, float], Sequence[Entry]]) -> EnvironmentView:
+        for _ in range(OPERATOR_ATTEMPTS):
+            view = self.environment(environment)
+            try:
+                entries = choose(view, self.clock.now())
+                return view.applied(self.store.env_append(environment, view.seq, entries))
+            except JournalConflict:
+                continue  # a runner claimed or released meanwhile: decide again
+        raise JournalConflict(f"environment {environment} kept changing; nothing was written, try again")
+
+    def rollback(self, environment: str, version: str, by: str, reason: str, spec: Spec) -> RolloutView:
+        """Create a rollout that redeploys ``version``, which already succeeded in ``environment``.
+
+        Refused while a deployment to ``environment`` runs, and for a version that never
+        succeeded there or runs there now.  ``spec`` is its one-step spec (:func:`rollback_spec`).
+        """
+        self.config.check_release_manager(by, "roll back")
+        version = self.backends.check_version(version)
+        env = self.environment(environment)
+        there = [s for s in env.successes if s.version == version]
+        if not there:
+            known = ", ".join(dict.fromkeys(s.version for s in reversed(env.successes))) or "none yet"
+            raise DeploystateError(f"{version} never succeeded in {environment}, so it cannot be rolled back "
+                                   f"to; versions that did, newest first: {known}")
+        if env.holder is not None:
+            raise DeploystateError(f"a deployment to {environment} is running ({env.holder.version}, rollout "
+                                   f"{env.holder.rollout}); roll back once it has ended (or abort it)")
+        if env.current is not None and env.current.version == version:
+            raise DeploystateError(f"{environment} already runs {version}; there is nothing to roll back")
+        existing = set(self.store.rollouts())
+        number = 1
+        while f"{version}-rollback-{environment}-{number}" in existing:
+            number += 1
+        rollout_id = f"{version}-rollback-{environment}-{number}"
+        return self.create(version, spec, rollout_id=rollout_id, rollback={
+            "environment": environment, "by": by, "reason": reason,
+            "from_version": env.current.version if env.current else None})
 
     def skip_bake(self, rollout_id: str, by: str, reason: str) -> RolloutView:
         self.config.check_release_manager(by, "skip the bake")
@@ -175,6 +349,7 @@ class Runner:
         aborted = self._operate(rollout_id, lambda view, now: operator.abort(view, by, reason, now,
                                                                               leave_running=leave_running))
         if leave_running:
+            self._release_ended(aborted)
             return aborted
         facts: list[tuple[str, str, dict[str, Any]]] = []
         for step in aborted.spec.steps:
@@ -192,10 +367,24 @@ class Runner:
                 continue
             facts.append((Action.CANCELED.value, step.name,
                           {"deployment_id": done.id, "status": done.status, "by": by, "reason": "abort"}))
-        if not facts:
-            return aborted
-        return self._operate(rollout_id, lambda view, now: [Entry(action, now, by, name, data)
-                                                             for action, name, data in facts])
+        if facts:
+            aborted = self._operate(rollout_id, lambda view, now: [Entry(action, now, by, name, data)
+                                                                    for action, name, data in facts])
+        self._release_ended(aborted)
+        return aborted
+
+    def _release_ended(self, view: RolloutView) -> None:
+        """After an abort, give back the environments the rollout no longer needs, at once (its
+        runner may never run again, and others wait for them)."""
+        for _ in range(OPERATOR_ATTEMPTS):
+            environments = self._environments(view)
+            decision = decide(view, Outside(now=self.clock.now(), environments=environments), self.config)
+            try:
+                for entries in decision.environments:
+                    self.store.env_append(entries.environment, entries.expected_seq, entries.entries)
+                return
+            except JournalConflict:
+                continue
 
     def _outside(self, call: Callable[[], Deployment], trouble: str, *,
                  gone_ok: bool = False) -> Deployment | None:
@@ -269,8 +458,13 @@ class Runner:
         view = self._ours(self.view(rollout_id)) if view is None else self._caught_up(view)
         seen: dict[str, Seen] = {}
         hinted = self._hints() is not None
+        environments = self._environments(view)
+        gate = tuple(check.name for check in self.checks)
+        self._checking = (view.rollout_id, view.version)  # what a CHECK call of this pass is about
+        version_key = self.backends.version_key
         for _ in range(len(view.spec.steps) * 8 + 8):
-            outside = Outside(now=self.clock.now(), seen=dict(seen), hinted=hinted)
+            outside = Outside(now=self.clock.now(), seen=dict(seen), hinted=hinted, environments=environments,
+                              gate=gate, version_key=version_key)
             decision = (decide(view, outside, self.config) if step is None
                         else decide_step(view, step, outside, self.config))
             if decision.entries:
@@ -284,6 +478,8 @@ class Runner:
                 for entry in decision.entries:
                     if entry.step is not None:
                         seen.pop(entry.step, None)
+            if decision.environments and not self._append_environments(decision, environments):
+                continue  # another rollout's runner wrote there first: decide again on what it wrote
             for call in decision.calls:
                 if call.ask is Ask.TRIGGER and self.store.last_seq(rollout_id) != view.seq:
                     break  # someone wrote since this was decided (an abort?): decide again first
@@ -300,6 +496,26 @@ class Runner:
                 continue
             view = self._caught_up(view)
         return view, Decision(wake_at=self.clock.now())  # a long pass: look again at once
+
+    def _environments(self, view: RolloutView) -> dict[str, EnvironmentView]:
+        """The journals of the environments ``view``'s real deployments go to, as they stand."""
+        names = sorted({env for name in view.strategy.real_steps(view.spec)
+                        for env in view.spec.step(name).targets})
+        return {name: self.environment(name) for name in names}
+
+    def _append_environments(self, decision: Decision, environments: dict[str, EnvironmentView]) -> bool:
+        """Append a decision's environment records; False (and ``environments`` read again) if
+        another writer got there first."""
+        for entries in decision.environments:
+            name = entries.environment
+            try:
+                records = self.store.env_append(name, entries.expected_seq, entries.entries)
+            except JournalConflict:
+                environments[name] = self.environment(name)
+                return False
+            environments[name] = environments.get(name, EnvironmentView(name)).applied(records)
+            self.checkpoint("recorded")
+        return True
 
     # Checking a runtime protocol costs several microseconds; the backends rarely change.
     def _hints(self) -> Hints | None:
@@ -368,6 +584,10 @@ class Runner:
                 return Seen(call, deployment=backends.deployer.status(call.deployment_id or ""))
             if call.ask is Ask.CANCEL:
                 return Seen(call, deployment=backends.deployer.cancel(call.deployment_id or ""))
+            if call.ask is Ask.CHECK:
+                view_id, version = self._checking
+                return Seen(call, checks=gates.run_for(self.checks, view_id, version, call.environments,
+                                                       self.clock.now(), rollback=call.rollback))
             assert call.request is not None
             if call.ask is Ask.FIND:
                 found = backends.deployer.find(call.request.key)
@@ -401,6 +621,17 @@ class Runner:
             except Exception as error:  # a notifier must never stop a rollout; say so loudly instead
                 LOG.error("notifier %s failed (%s); the notice was: %s", type(self.notifier).__name__,
                           error, notice.message)
+
+
+def _stderr_notifier() -> Notifier:
+    from deploystate.delivery import StderrNotifier
+
+    return StderrNotifier()
+
+
+def _promotion_attempt(view: RolloutView) -> int:
+    attempts = [view.steps[s.name].attempt for s in view.spec.steps if s.kind.value == "promotion"]
+    return max(attempts, default=0)
 
 
 def _step_result(view: RolloutView, step: str, decision: Decision) -> RunResult | None:

@@ -46,7 +46,7 @@ def world_beside(store: Path) -> Path:
 
 def settings_for_simulate(base: Mapping[str, Any], *, spec: Spec, store: Path | None, seed: int | None,
                           fail: Sequence[str], retry_fixes: Sequence[str],
-                          hang: Sequence[str]) -> dict[str, Any]:
+                          hang: Sequence[str], failing_checks: Sequence[str] = ()) -> dict[str, Any]:
     """Simulated backend settings: the configured ones, then the command line's."""
     known = sorted({env for step in spec.steps for env in step.targets})
     for flag, environments in (("--fail", fail), ("--retry-fixes", retry_fixes), ("--hang", hang)):
@@ -61,7 +61,8 @@ def settings_for_simulate(base: Mapping[str, Any], *, spec: Spec, store: Path | 
         settings[WORLD] = str(world_beside(store))
     if seed is not None:
         settings["seed"] = seed
-    for name, given in (("fail", fail), ("retry_fixes", retry_fixes), ("hang", hang)):
+    for name, given in (("fail", fail), ("retry_fixes", retry_fixes), ("hang", hang),
+                        ("failing_checks", failing_checks)):
         if given:
             settings[name] = sorted(set(given))
     return settings

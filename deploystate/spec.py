@@ -413,3 +413,10 @@ def spec_to_mapping(spec: Spec) -> dict[str, Any]:
             raw["duration_s"] = step.duration_s
         steps.append(raw)
     return {"name": spec.name, "description": spec.description, "steps": steps}
+
+
+def rollback_spec(environment: str) -> Spec:
+    """The spec of a rollback: one deployment of an older version to ``environment``."""
+    step = Step(name="rollback", kind=StepKind.DEPLOYMENT, environment=environment)
+    return Spec(name=f"rollback-{environment}", steps=(step,),
+                description=f"a deliberate redeploy of an older version to {environment}")

@@ -19,6 +19,7 @@ from deploystate.spec import Spec, StepKind
 class Where(enum.StrEnum):
     DONE = "done"
     ABORTED = "aborted"
+    SUPERSEDED = "superseded"  # a newer version reached an environment first: nothing left to do
     FAILED = "failed"  # a step failed: a person retries it or aborts
     WAITING = "waiting_for_promotion"  # only a person's promotion can move it on
     RUNNING = "running"
@@ -34,6 +35,7 @@ class Standing:
     baking: tuple[str, ...] = ()
     abort_reason: str | None = None
     dry_runs_failed: tuple[str, ...] = ()  # failed steps the rollout may finish without
+    superseded: str | None = None  # by what, and how
 
     @property
     def _dry_run_note(self) -> str:
@@ -46,6 +48,8 @@ class Standing:
             return "done" + self._dry_run_note
         if self.where is Where.ABORTED:
             return f"aborted: {self.abort_reason}"
+        if self.where is Where.SUPERSEDED:
+            return f"superseded: {self.superseded}"
         if self.where is Where.FAILED:
             return f"failed: {', '.join(self.failed)}" + self._dry_run_note
         if self.where is Where.WAITING:
@@ -56,7 +60,7 @@ class Standing:
 
     @property
     def ended(self) -> bool:
-        return self.where in (Where.DONE, Where.ABORTED)
+        return self.where in (Where.DONE, Where.ABORTED, Where.SUPERSEDED)
 
     def message(self, rollout_id: str) -> str:
         """One sentence on where ``rollout_id`` stands and what to type next."""
@@ -64,6 +68,9 @@ class Standing:
             return f"rollout {rollout_id} is done{self._dry_run_note}"
         if self.where is Where.ABORTED:
             return f"rollout {rollout_id} was aborted: {self.abort_reason}"
+        if self.where is Where.SUPERSEDED:
+            return (f"rollout {rollout_id} is superseded: {self.superseded}. Nothing to do: the newer "
+                    "version goes on (roll back on purpose with 'deploystate rollback ENV VERSION')")
         if self.where is Where.WAITING:
             return (f"rollout {rollout_id} is waiting for promotion: "
                     f"'deploystate promote {rollout_id} --by YOU'")
@@ -99,7 +106,7 @@ class _Phased(Protocol):
 
 
 def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_reason: str | None,
-                optional: frozenset[str] = frozenset()) -> Standing:
+                optional: frozenset[str] = frozenset(), *, superseded: str | None = None) -> Standing:
     """Where a rollout stands, from its status (active, done, aborted) and its steps' phases.
 
     A failed ``optional`` step (a dry run) is no failure of the rollout: it is told apart.
@@ -122,6 +129,9 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
                 baking.append(name)
     if status == "done":
         return Standing(Where.DONE, dry_runs_failed=tuple(dry_runs))
+    if status == "aborted" and superseded is not None:
+        return Standing(Where.SUPERSEDED, abort_reason=abort_reason, superseded=superseded,
+                        dry_runs_failed=tuple(dry_runs))
     if status == "aborted":
         return Standing(Where.ABORTED, abort_reason=abort_reason, dry_runs_failed=tuple(dry_runs))
     if failed:

@@ -55,10 +55,12 @@ def test_by_and_reason_are_escaped_in_text_and_exact_in_the_journal_and_json(
     assert main(["promote", VERSION, "--by", FORGED_BY, "--reason", PAINTED, "--store", store]) == 0
     out = capsys.readouterr().out
     assert_clean(out.replace("\n", ""))
-    lines = out.splitlines()  # the progress line of the promotion, then what was done
-    assert lines[0].startswith("[+") and "(promoted by mallory\\n99  2021-03-01" in lines[0]
-    assert "\\x1b[31mall good" in lines[0]
-    assert lines[1].startswith("promoted by mallory\\n99  2021-03-01")
+    # The production checks' progress line, the promotion's, then what was done.
+    lines = out.splitlines()
+    assert lines[0].startswith("[+") and "production checks for the promotion: all" in lines[0]
+    assert lines[1].startswith("[+") and "(promoted by mallory\\n99  2021-03-01" in lines[1]
+    assert "\\x1b[31mall good" in lines[1]
+    assert lines[2].startswith("promoted by mallory\\n99  2021-03-01")
 
     assert main(["run", VERSION, "--store", store]) == 0
     assert_clean(capsys.readouterr().out)
@@ -74,7 +76,7 @@ def test_by_and_reason_are_escaped_in_text_and_exact_in_the_journal_and_json(
 
     assert main(["history", VERSION, "--store", store, "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    promoted = [r for r in records if r["actor"] == FORGED_BY]
+    promoted = [r for r in records if r["actor"] == FORGED_BY and r["action"] == "succeed"]
     assert promoted and promoted[0]["data"]["reason"] == PAINTED
 
     assert main(["status", VERSION, "--store", store]) == 0

@@ -188,9 +188,14 @@ def test_start_run_killed_in_bake_skip_bake_promote_run_to_done(
     listing = read(["status", "--store", store, "--json"], capsys)
     assert [(r["rollout"], r["status"]) for r in listing] == [(VERSION, "done")]
     records = read(["history", VERSION, "--store", store, "--json"], capsys)
-    gates = [(r["step"], r["action"], r["actor"], r["data"]) for r in records if r["actor"] != "deploystate"]
+    gates = [(r["step"], r["action"], r["actor"], r["data"]) for r in records
+             if r["actor"] != "deploystate" and r["action"] != "checked"]
     assert gates == [("baking_time", "skip", "dana", {"by": "dana", "reason": "incident 1234"}),
-                     ("manual_promotion", "succeed", "alice", {"by": "alice", "reason": "checks green"})]
+                     ("manual_promotion", "succeed", "alice",
+                      {"by": "alice", "reason": "checks green", "checks": "passed"})]
+    checked = [r for r in records if r["action"] == "checked"]
+    assert [(r["actor"], r["data"]["for"], r["data"]["passed"]) for r in checked] == [
+        ("alice", "promotion", True)]  # the promotion's checks, recorded as who promoted
     with World.open(Path(store + ".sim"), create=False) as world:
         for environment in ENVIRONMENTS:
             assert world.trigger_count(environment, alone=True) == 1, environment

@@ -271,8 +271,11 @@ def test_a_promotion_between_the_runners_read_and_its_append(store: Path, tmp_pa
         assert resume(runner) == Stop.DONE.value
     records = journal(store)
     promotion = one_of(records, Action.SUCCEED.value, PROMOTION)
+    checked = records[before[-1].seq]  # the promotion's production checks come first, in its append
+    assert (checked.action, checked.actor, checked.data["for"]) == (Action.CHECKED.value, "alice",
+                                                                    "promotion")
     assert (promotion.seq, promotion.actor, dict(promotion.data)) == (
-        before[-1].seq + 1, "alice", {"by": "alice", "reason": "checks green"})
+        before[-1].seq + 2, "alice", {"by": "alice", "reason": "checks green", "checks": "passed"})
     # The runner's append after record N was refused; it decided again and recorded the bake once.
     bake = one_of(records, Action.SUCCEED.value, BAKE)
     started = one_of(records, Action.START.value, BAKE)

@@ -35,7 +35,7 @@ import attrs
 import pytest
 from deploystate_backends.simulated import World
 
-from deploystate import registry
+from deploystate import gates, registry
 from deploystate.actions import Action
 from deploystate.config import load_config
 from deploystate.crashpoint import KILL_AT
@@ -106,7 +106,10 @@ def reference_run(*, fail: Sequence[str] = (), retry_fixes: Sequence[str] = ()) 
                                 and view.steps[s.name].deployment_id is None)
         points.append(Point(name, reached[name], backends.clock.now(), view.phases, untriggered))
 
-    runner = Runner(store, backends, config=runner_config, notifier=FanOut([]), checkpoint=checkpoint)
+    # The production checks simulate runs with (the simulated backend's, and environment_lock).
+    checks = gates.configured(config.check_settings, backends, store)
+    runner = Runner(store, backends, config=runner_config, notifier=FanOut([]), checkpoint=checkpoint,
+                    checks=checks)
     runner.create(VERSION, SPEC)
     runner.run(VERSION)
     return Reference(points, store.read(VERSION))

@@ -274,7 +274,7 @@ def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
     make_v1_journal(path, {"r1": 3, "r2": 1, "13.10.202103011220": 7})
     assert header(path) == (1, 0x64736A6C)
     store = SQLiteStore(path)
-    assert header(path)[0] == SCHEMA_VERSION == 2
+    assert header(path)[0] == SCHEMA_VERSION == 3
     assert store.summaries() == {"r1": (3, None), "r2": (1, None), "13.10.202103011220": (7, None)}
     assert store.last_seq("r1") == 3 and store.last_seq("13.10.202103011220") == 7
     assert sorted(store.rollouts()) == ["13.10.202103011220", "r1", "r2"]
@@ -306,11 +306,11 @@ def test_a_journal_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> Non
     path = tmp_path / "new.sqlite"
     SQLiteStore(path).append("r1", 0, [entry("created", None)])
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 3")
+    db.execute("PRAGMA user_version = 4")
     db.commit()
     db.close()
     before = path.read_bytes()
-    with pytest.raises(JournalCorrupt, match=r"journal schema 3, newer than schema 2 .*not changed"):
+    with pytest.raises(JournalCorrupt, match=r"journal schema 4, newer than schema 3 .*not changed"):
         SQLiteStore(path)
     assert path.read_bytes() == before
 
@@ -490,6 +490,6 @@ def test_a_journal_missing_its_rollouts_table_is_refused(tmp_path: Path) -> None
     SQLiteStore(path).append("r1", 0, [entry("created", None)])
     tamper(path, "DROP TABLE rollouts")
     before = path.read_bytes()
-    with pytest.raises(JournalCorrupt, match="schema 2 without table rollouts"):
+    with pytest.raises(JournalCorrupt, match="schema 3 without table rollouts"):
         SQLiteStore(path)
     assert path.read_bytes() == before

@@ -90,26 +90,29 @@ class NoticeFilter:
 
 
 def is_milestone(notice: Notice, spec: Spec | None) -> bool:
-    """What a release manager follows: created; the promotion's checks and its success; overrides; the
-    protected (production) deployment's success or failure; abort, superseded, done."""
+    """What a release manager follows: created; the promotion's checks and its success; overrides;
+    checks failing right before production; production's deployments succeeding or failing; abort,
+    superseded, done."""
     action = notice.action
     if action in _ALWAYS_MILESTONES:
         return True
-    if spec is None or notice.step is None:
-        return False
-    step = next((s for s in spec.steps if s.name == notice.step), None)
+    steps = {s.name: s for s in spec.steps} if spec is not None else {}
+    if action == Action.CHECKED:
+        # A checks record names what it was run for: "promotion", or the deployment it gates.
+        gated = steps.get(str(notice.data.get("for")))
+        return notice.data.get("for") == "promotion" or (
+            gated is not None and gated.protected and notice.data.get("passed") is False)
+    step = steps.get(notice.step or "")
     if step is None:
         return False
     # Production is what protected steps deploy; a step deploying it too (an all-environments
     # deployment, the real path under some plans) finishes or fails production as well.
-    production = {env for s in spec.steps if s.protected for env in s.targets}
+    production = {env for s in steps.values() if s.protected for env in s.targets}
     deploys_production = step.protected or bool(production & set(step.targets))
     if action == Action.SUCCEED:
         return step.kind is StepKind.PROMOTION or deploys_production
     if action == Action.FAIL:
         return deploys_production
-    if action == Action.CHECKED:
-        return step.kind is StepKind.PROMOTION or notice.data.get("for") == "promotion"
     return False
 
 

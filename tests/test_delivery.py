@@ -23,6 +23,7 @@ from deploystate.notify_config import (
     EVERYTHING,
     DeliverySettings,
     NoticeFilter,
+    is_milestone,
     parse_notices,
     read_notify,
 )
@@ -166,6 +167,18 @@ def test_notices_a_notifier_does_not_take_move_its_position_on(open_store: Calla
     assert ("succeed", "trigger_gstg") not in got and not [a for a, _ in got if a in ("start", "triggered")]
 
 
+def test_the_milestones_of_checks_records() -> None:
+    spec = default_spec()
+
+    def checked(**data: object) -> Notice:
+        return Notice(VERSION, 0.0, "info", "checks", "checked", None, data)
+
+    assert is_milestone(checked(**{"for": "promotion", "passed": True}), spec)
+    assert is_milestone(checked(**{"for": "trigger_gprd", "passed": False}), spec)  # production held
+    assert not is_milestone(checked(**{"for": "trigger_gprd", "passed": True}), spec)
+    assert not is_milestone(checked(**{"for": "trigger_gstg", "passed": False}), spec)  # not production
+
+
 def test_two_deliverers_on_one_journal_never_send_a_notice_twice(tmp_path: Path) -> None:
     """Two processes' deliveries (here: two stores on one file) take turns through the journal's lock."""
     path = tmp_path / "journal.sqlite"
@@ -225,6 +238,8 @@ def test_the_notify_tables_are_checked() -> None:
                                                             actions=frozenset({"fail", "abort", "delivery"}))
     with pytest.raises(ConfigError, match=r"no notifier named 'pager' is installed; installed: .*slack"):
         read_notify({"pager": {}})
+    issue = read_notify({"gitlab_issue": {"project": "a/b", "issue_iid": 1}}).notifiers["gitlab_issue"]
+    assert issue.filter.milestones and not issue.notices_given  # its module's default_notices
     with pytest.raises(ConfigError, match=r"unknown action\(s\) 'promote'; known: start"):
         read_notify({"slack": {"notices": ["promote"]}})
     with pytest.raises(ConfigError, match="must be \"all\", \"milestones\" or a list"):

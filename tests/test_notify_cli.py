@@ -21,7 +21,9 @@ from typing import Any
 
 import notify_receivers
 import pytest
+from deploystate_backends.gitlab_standin import RELEASE_TOOLS, VirtualClock, World
 from notify_receivers import WEBHOOK_SECRET, Fault, Receiver
+from standin_fixtures import STANDIN_TOKEN
 
 from deploystate.sqlite_store import SQLiteStore
 
@@ -285,3 +287,30 @@ def test_a_receiver_failing_then_rate_limiting_gets_everything_in_order_and_the_
           f"healthy, "
           f"{outcome['total']:.2f}s faulty; Slack: {len(slack.requests)} requests, {len(arrived)} accepted "
           f"for {len(ids)} records, 0 repeats")
+
+
+def test_the_release_issue_gets_the_milestones_once_and_nothing_else(tmp_path: Path, standin_factory: Any,
+                                                                    receivers: Any) -> None:
+    """simulate with the issue notifier (its default: milestones) and Slack (everything), against the
+    GitLab stand-in's issue notes and the Slack receiver."""
+    world = World(clock=VirtualClock())
+    issue = world.add_issue(RELEASE_TOOLS, f"Release {VERSION}")
+    standin = standin_factory(world)
+    slack = receivers("slack")
+    (tmp_path / "deploystate.toml").write_text(
+        f"[notify.slack]\n[notify.gitlab_issue]\nproject = {RELEASE_TOOLS.path!r}\nissue_iid = {issue.iid}\n"
+        f"url = {standin.url!r}\n")
+    store = tmp_path / "journal.sqlite"
+    done = ds("simulate", VERSION, "--store", str(store), cwd=tmp_path,
+              env={**env_for(slack), "GITLAB_API_TOKEN": STANDIN_TOKEN, "NO_PROXY": "127.0.0.1"})
+    assert done.returncode == 0, done.stderr
+    with SQLiteStore(store) as journal:
+        records = journal.read(VERSION)
+        assert journal.delivered(VERSION) == {"slack": len(records), "gitlab_issue": len(records)}
+    noted = [re.search(r"<!-- deploystate notice (\S+) -->", note.body) for note in world.notes(issue)]
+    seqs = [int(found.group(1).rsplit(":", 1)[1]) for found in noted if found]
+    got = [(records[s - 1].action, records[s - 1].step, records[s - 1].data.get("for")) for s in seqs]
+    assert got == [("created", None, None), ("checked", None, "promotion"),
+                   ("succeed", "manual_promotion", None), ("succeed", "trigger_complete_deployment", None),
+                   ("succeed", "trigger_gprd", None), ("finish", None, None)]
+    assert of_records(slack.counts()) == dict.fromkeys((f"{VERSION}:{r.seq}" for r in records), 1)

@@ -119,7 +119,8 @@ class RolloutView:
         if self._standing is None:
             object.__setattr__(self, "_standing", standing_of(
                 self.status, self.spec, self.steps, self.abort_reason, self.machine.optional,
-                superseded=None if self.superseded is None else str(self.superseded.get("why"))))
+                superseded=None if self.superseded is None else str(self.superseded.get("why")),
+                checks_refused=self.checks.get("promotion", {}).get("passed") is False))
         assert self._standing is not None
         return self._standing
 

@@ -36,6 +36,7 @@ class Standing:
     abort_reason: str | None = None
     dry_runs_failed: tuple[str, ...] = ()  # failed steps the rollout may finish without
     superseded: str | None = None  # by what, and how
+    checks_refused: bool = False  # the production checks refused the waiting promotion
 
     @property
     def _dry_run_note(self) -> str:
@@ -90,7 +91,11 @@ class Standing:
             return []
         hints: list[tuple[str, str]] = [(f"deploystate retry {rollout_id} {name}", "then 'run' again")
                                         for name in self.failed]
-        if self.promotion:
+        if self.promotion and self.checks_refused:
+            hints.append((f"deploystate checks {rollout_id}", "production checks failed: see which"))
+            hints.append((f"deploystate promote {rollout_id} --by YOU --override-checks REASON",
+                          "once they pass, without --override-checks"))
+        elif self.promotion:
             hints.append((f"deploystate promote {rollout_id} --by YOU", "--reason TEXT is optional"))
         if self.baking:
             hints.append((f"deploystate skip-bake {rollout_id} --by YOU --reason TEXT", "incidents only"))
@@ -106,7 +111,8 @@ class _Phased(Protocol):
 
 
 def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_reason: str | None,
-                optional: frozenset[str] = frozenset(), *, superseded: str | None = None) -> Standing:
+                optional: frozenset[str] = frozenset(), *, superseded: str | None = None,
+                checks_refused: bool = False) -> Standing:
     """Where a rollout stands, from its status (active, done, aborted) and its steps' phases.
 
     A failed ``optional`` step (a dry run) is no failure of the rollout: it is told apart.
@@ -143,4 +149,4 @@ def standing_of(status: str, spec: Spec, steps: Mapping[str, _Phased], abort_rea
     else:
         where = Where.READY
     return Standing(where, tuple(failed), tuple(running), tuple(promotion), tuple(baking),
-                    dry_runs_failed=tuple(dry_runs))
+                    dry_runs_failed=tuple(dry_runs), checks_refused=checks_refused and bool(promotion))

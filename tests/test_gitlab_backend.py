@@ -102,6 +102,14 @@ def test_a_trigger_carries_the_real_systems_variables_and_our_key(built, environ
     assert deployment.web_url is not None and deployment.web_url.endswith(f"/pipelines/{deployment.id}")
 
 
+def test_a_rollback_trigger_says_so_to_the_deployer_and_others_do_not(built):
+    deployer = backends_for(built).deployer
+    plain = deployer.trigger(request())
+    rollback = deployer.trigger(attrs.evolve(request(), key="V-rollback-gprd-1/rollback/1", rollback=True))
+    assert built.world.pipeline(int(rollback.id)).variable("DEPLOY_ROLLBACK") == "true"  # type: ignore[union-attr]
+    assert built.world.pipeline(int(plain.id)).variable("DEPLOY_ROLLBACK") is None  # type: ignore[union-attr]
+
+
 def test_the_deploy_version_is_the_omnibus_package_tag_not_the_auto_deploy_tag(gitlab_standin):
     """Before the Omnibus package is tagged there is nothing to deploy: a transient error."""
     deployer = backends_for(gitlab_standin).deployer

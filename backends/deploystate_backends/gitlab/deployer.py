@@ -55,6 +55,9 @@ class GitLabDeployer:
             "SKIP_JOB_ON_COORDINATOR_PIPELINE": "true",
             self._settings.key_variable: request.key,
         }
+        if request.rollback:
+            # What release-tools' ChatOps rollback sets: the deployer's pipeline rolls back.
+            variables["DEPLOY_ROLLBACK"] = "true"
         what = f"triggering {','.join(request.environments)} at {request.ref}"
         # GitLab answers a wrong trigger token with 404, exactly as a missing project.
         not_found = (f"check the trigger token in ${self._settings.trigger_token_env} and deployer_project "

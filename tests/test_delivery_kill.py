@@ -98,7 +98,10 @@ class Journal:
         return code
 
     def resume(self) -> None:
-        """``deploystate run`` until done, promoting when the rollout waits for it."""
+        """``deploystate run`` until done, promoting when the rollout waits for it (and first
+        ``simulate``, if every earlier one was killed before the rollout was written)."""
+        if not self.exists() and self.run("simulate", VERSION) == 0:
+            return
         for _ in range(6):
             code = self.run("run", VERSION)
             if code == 0:

@@ -175,7 +175,7 @@ def test_killed_at_random_moments_again_and_again_then_resumed(journal: Journal,
     for attempt in range(6):
         # run needs the rollout to exist: until a simulate created it, simulate again.
         command = ("run", VERSION) if attempt % 2 and journal.exists() else ("simulate", VERSION)
-        code = journal.run(*command, kill_after=chance.uniform(0.3, 1.6))
+        code = journal.run(*command, kill_after=chance.uniform(0.4, 2.5))
         if code == 1:
             assert journal.run("promote", VERSION, "--by", "rm") == 0
         if time.monotonic() - started > 60:

@@ -47,7 +47,7 @@ from typing import Any
 
 import attrs
 
-from deploystate import registry
+from deploystate import gates, registry
 from deploystate.cli import main as cli_main
 from deploystate.config import load_config
 from deploystate.journal import Entry, MemoryStore, Record
@@ -166,13 +166,16 @@ def simulate_config(auto_promote: str | None = "simulation") -> RunnerConfig:
 
 
 def simulate_once(store: Store, version: str = VERSION, *, fail: Sequence[str] = (),
-                  auto_promote: str | None = "simulation") -> Stop:
-    """One rollout the way ``deploystate simulate`` runs it, minus the printing."""
+                  auto_promote: str | None = "simulation", gated: bool = False) -> Stop:
+    """One rollout the way ``deploystate simulate`` runs it, minus the printing (``gated``: with the
+    production checks simulate configures, as the command has them since the gate came)."""
     settings = settings_for_simulate({}, spec=SPEC, store=None, seed=None, fail=fail, retry_fixes=(),
                                      hang=())
     backends = registry.create(SIMULATED, settings)
     try:
-        runner = Runner(store, backends, config=simulate_config(auto_promote), notifier=FanOut([]))
+        checks = gates.configured({}, backends, store) if gated else ()
+        runner = Runner(store, backends, config=simulate_config(auto_promote), notifier=FanOut([]),
+                        checks=checks)
         runner.create(version, SPEC)
         return runner.run(version).stop
     finally:
@@ -207,6 +210,11 @@ def part_a(repetitions: int, cold_samples: int, do_profile: bool) -> None:
         simulate_once(MemoryStore())
     memory = cpu_samples(lambda: simulate_once(MemoryStore()), repetitions)
     row("warm: in-memory store", memory)
+    # Side by side, in the same process and run: what the gate (environment claims are always on;
+    # the six production checks, run at the promotion and before production) adds to a rollout.
+    gated = cpu_samples(lambda: simulate_once(MemoryStore(), gated=True), repetitions)
+    row("warm: in-memory store, with the production checks", gated)
+    print(f"    the checks' share: {statistics.median(gated) / statistics.median(memory):.2f} x")
     warm = statistics.median(memory)
     print(f"    target <= {ROLLOUT_CPU_TARGET_S * 1000:.0f} ms of CPU (warm, in memory): "
           f"{verdict(warm, ROLLOUT_CPU_TARGET_S)}")

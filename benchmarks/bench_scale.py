@@ -187,17 +187,27 @@ def set_up(folder: Path, count: int) -> tuple[Path, Path, str]:
         stop = simulate_once(small, original)
         records = small.read(original)
         last, summary = small.summaries()[original]
+        # What the rollout wrote in its environments' journals (claims, releases), kept too:
+        # those journals grow with every rollout of a store, and a runner reads them.
+        env_records = ({name: small.env_read(name) for name in small.environments()}
+                       if hasattr(small, "environments") else {})
     fresh = summary is not None and summary.seq == last
     print(f"  the real rollout: {original}, stopped {stop}, {len(records)} records; its summary: "
           f"{'fresh' if fresh else 'stale' if summary else 'none (the runner passes no summary)'}")
-    copies = versions(dt.datetime(2021, 4, 1, 0, 7), count, dt.timedelta(minutes=7))
+    copies = list(versions(dt.datetime(2021, 4, 1, 0, 7), count, dt.timedelta(minutes=7)))
     with SQLiteStore(big_path) as big:
         for version in copies:
             entries = [Entry(r.action, r.at, r.actor, r.step, renamed(r.data, original, version))
                        for r in records]
             data = None if summary is None else renamed(summary.data, original, version)
             big.append(version, 0, entries, summary=data)
+        for name, kept in env_records.items():
+            big.env_append(name, 0, [Entry(r.action, r.at, r.actor, r.step,
+                                           renamed(r.data, original, version))
+                                     for version in copies for r in kept])
         stored = big.summaries()
+    env_count = sum(len(kept) for kept in env_records.values()) * count
+    print(f"  environments' journals: {env_count:,} records in {len(env_records)} environments")
     fresh_copies = sum(1 for last, s in stored.values() if isinstance(s, Summary) and s.seq == last)
     print(f"  big store: {len(stored):,} rollouts, {len(stored) * len(records):,} records, "
           f"{fresh_copies:,} fresh summaries, {big_path.stat().st_size / 1e6:.1f} MB, "

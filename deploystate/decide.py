@@ -27,7 +27,17 @@ import attrs
 
 from deploystate.actions import Action
 from deploystate.config import RunnerConfig
-from deploystate.environments import Claim, EnvironmentView, Move, claim, claimed, queued, released
+from deploystate.environments import (
+    Claim,
+    EnvironmentView,
+    Move,
+    Success,
+    claim,
+    claimed,
+    newer_of,
+    queued,
+    released,
+)
 from deploystate.journal import Entry
 from deploystate.machine import Phase
 from deploystate.ports import (
@@ -560,9 +570,14 @@ class _Decider:
         for env, view in self.outside.environments.items():
             for held in view.holds(rid):
                 outcome = self._release_outcome(held, is_holder=held is view.holder)
-                if outcome is not None:
-                    self.env_entries.setdefault(env, []).append(
-                        released(held, outcome, self.now, self.config.actor))
+                if outcome is None:
+                    continue
+                newest = None
+                if outcome == "succeeded":
+                    done = Success(held.version, held.rollout, self.now, held.rollback)
+                    newest = newer_of(view.newest, done, self.outside.version_key)
+                self.env_entries.setdefault(env, []).append(
+                    released(held, outcome, self.now, self.config.actor, newest=newest))
 
     def _release_outcome(self, held: Claim, *, is_holder: bool) -> str | None:
         """None while the claim is still needed; else how it ended (succeeded, failed...)."""

@@ -26,6 +26,7 @@ import attrs
 
 from deploystate.actions import Action
 from deploystate.journal import Entry, Record
+from deploystate.ports import Store
 
 VersionKey = Callable[[str], tuple[Any, ...]]
 
@@ -64,39 +65,89 @@ class EnvironmentView:
     lock: Lock | None = None
     holder: Claim | None = None
     queued: tuple[Claim, ...] = ()
-    successes: tuple[Success, ...] = ()  # oldest first
+    successes: tuple[Success, ...] = ()  # the last KEPT_SUCCESSES, oldest first
+    newest: Success | None = None  # the newest version that ever succeeded (as its writer ordered them)
 
     @property
     def current(self) -> Success | None:
         """What the environment runs now: the last deployment that succeeded there."""
         return self.successes[-1] if self.successes else None
 
-    def newest(self, version_key: VersionKey) -> Success | None:
-        """The newest version that ever succeeded there (a rollback does not make it older)."""
-        if not self.successes:
-            return None
-        return max(self.successes, key=lambda s: (version_key(s.version), s.at))
 
     def holds(self, rollout: str) -> list[Claim]:
         """This rollout's claim and queue places here."""
         return [c for c in (self.holder, *self.queued) if c is not None and c.rollout == rollout]
 
     def applied(self, records: Sequence[Record]) -> EnvironmentView:
-        view = self
+        """The view after ``records`` (which follow this one).  Worked out on plain lists and
+        frozen once: an environment's journal grows with every rollout of the store."""
+        if not records:
+            return self
+        state = _Replaying(self)
         for record in records:
-            view = _apply(view, record)
-        return view
+            state.apply(record)
+        return state.result()
 
     def as_dict(self) -> dict[str, Any]:
         return {"environment": self.name, "seq": self.seq,
                 "lock": None if self.lock is None else attrs.asdict(self.lock),
                 "holder": None if self.holder is None else attrs.asdict(self.holder),
                 "queued": [attrs.asdict(c) for c in self.queued],
-                "current": None if self.current is None else attrs.asdict(self.current)}
+                "current": None if self.current is None else attrs.asdict(self.current),
+                "newest": None if self.newest is None else attrs.asdict(self.newest)}
+
+
+# How many of an environment's last successes a view keeps (what a rollback may go back to, and
+# what status shows): its journal grows with every rollout, its summary must not.
+KEPT_SUCCESSES = 100
+_SUMMARY_FORM = 1
+
+
+def summary_of(view: EnvironmentView) -> dict[str, Any]:
+    """What a store keeps beside an environment's records (plain JSON): the whole view."""
+    return {"form": _SUMMARY_FORM, "seq": view.seq,
+            "lock": None if view.lock is None else attrs.asdict(view.lock),
+            "holder": None if view.holder is None else attrs.asdict(view.holder),
+            "queued": [attrs.asdict(c) for c in view.queued],
+            "successes": [attrs.asdict(s) for s in view.successes],
+            "newest": None if view.newest is None else attrs.asdict(view.newest)}
+
+
+def from_summary(name: str, seq: int, data: Mapping[str, Any]) -> EnvironmentView | None:
+    """The view a summary describes, or None when it cannot be read (then: replay from record 1)."""
+    try:
+        if data.get("form") != _SUMMARY_FORM or data.get("seq") != seq:
+            return None
+        lock = data.get("lock")
+        holder = data.get("holder")
+        newest = data.get("newest")
+        return EnvironmentView(
+            name, seq, None if lock is None else Lock(**lock), None if holder is None else Claim(**holder),
+            tuple(Claim(**c) for c in data.get("queued", ())),
+            tuple(Success(**s) for s in data.get("successes", ())),
+            None if newest is None else Success(**newest))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def newer_of(known: Success | None, success: Success, version_key: VersionKey) -> Success:
+    """The newer of two successes (the later one of equal versions)."""
+    if known is None or version_key(success.version) >= version_key(known.version):
+        return success
+    return known
 
 
 def environment_view(name: str, records: Sequence[Record]) -> EnvironmentView:
     return EnvironmentView(name).applied(records)
+
+
+def read_environment(store: Store, name: str) -> EnvironmentView:
+    """``name``'s journal from its summary on (from record 1 when it has none, or an unreadable one)."""
+    summary = store.env_summary(name)
+    start = None if summary is None else from_summary(name, summary.seq, summary.data)
+    if start is None:
+        return environment_view(name, store.env_read(name))
+    return start.applied(store.env_read(name, after=start.seq))
 
 
 def _claim_of(data: Mapping[str, Any], at: float) -> Claim:
@@ -104,32 +155,51 @@ def _claim_of(data: Mapping[str, Any], at: float) -> Claim:
                  str(data.get("version")), float(data.get("at", at)), bool(data.get("rollback")))
 
 
-def _apply(view: EnvironmentView, record: Record) -> EnvironmentView:
-    data = record.data
-    action = record.action
-    changes: dict[str, Any] = {"seq": record.seq}
-    if action == Action.LOCKED:
-        changes["lock"] = Lock(str(data.get("by")), str(data.get("reason")), record.at)
-    elif action == Action.UNLOCKED:
-        changes["lock"] = None
-    elif action == Action.QUEUED:
-        claim = _claim_of(data, record.at)
-        if not any(q.key == claim.key for q in view.queued):
-            changes["queued"] = (*view.queued, claim)
-    elif action == Action.CLAIMED:
-        claim = _claim_of(data, record.at)
-        changes["holder"] = claim
-        changes["queued"] = tuple(q for q in view.queued if q.key != claim.key)
-    elif action == Action.RELEASED:
-        key = str(data.get("key"))
-        changes["queued"] = tuple(q for q in view.queued if q.key != key)
-        holder = view.holder
-        if holder is not None and holder.key == key:
-            changes["holder"] = None
-            if data.get("outcome") == "succeeded":
-                changes["successes"] = (*view.successes,
-                                        Success(holder.version, holder.rollout, record.at, holder.rollback))
-    return attrs.evolve(view, **changes)
+class _Replaying:
+    def __init__(self, view: EnvironmentView) -> None:
+        self.view = view
+        self.seq = view.seq
+        self.lock = view.lock
+        self.holder = view.holder
+        self.queued = list(view.queued)
+        self.successes = list(view.successes)
+        self.newest = view.newest
+
+    def apply(self, record: Record) -> None:
+        data = record.data
+        action = record.action
+        self.seq = record.seq
+        if action == Action.LOCKED:
+            self.lock = Lock(str(data.get("by")), str(data.get("reason")), record.at)
+        elif action == Action.UNLOCKED:
+            self.lock = None
+        elif action == Action.QUEUED:
+            claim_ = _claim_of(data, record.at)
+            if not any(q.key == claim_.key for q in self.queued):
+                self.queued.append(claim_)
+        elif action == Action.CLAIMED:
+            claim_ = _claim_of(data, record.at)
+            self.holder = claim_
+            self.queued = [q for q in self.queued if q.key != claim_.key]
+        elif action == Action.RELEASED:
+            key = str(data.get("key"))
+            self.queued = [q for q in self.queued if q.key != key]
+            holder = self.holder
+            if holder is not None and holder.key == key:
+                self.holder = None
+                if data.get("outcome") == "succeeded":
+                    success = Success(holder.version, holder.rollout, record.at, holder.rollback)
+                    self.successes.append(success)
+                    # Its writer ordered the versions (the backend's order) and said which is newest.
+                    newest = data.get("newest")
+                    if isinstance(newest, Mapping):
+                        self.newest = Success(**newest)
+                    elif self.newest is None:
+                        self.newest = success
+
+    def result(self) -> EnvironmentView:
+        return EnvironmentView(self.view.name, self.seq, self.lock, self.holder, tuple(self.queued),
+                               tuple(self.successes[-KEPT_SUCCESSES:]), self.newest)
 
 
 # -- what a deployment may do ------------------------------------------------------------------
@@ -157,7 +227,7 @@ def claim(view: EnvironmentView, want: Claim, version_key: VersionKey) -> Answer
         return Answer(Move.HELD)
     mine = version_key(want.version)
     if not want.rollback:
-        newest = view.newest(version_key)
+        newest = view.newest
         if newest is not None and version_key(newest.version) > mine:
             how = "a rollback" if newest.rollback else "rollout " + newest.rollout
             return Answer(Move.SUPERSEDED, f"{newest.version} already succeeded in {env} ({how}, at "
@@ -200,8 +270,13 @@ def queued(claim_: Claim, now: float, actor: str) -> Entry:
     return Entry(Action.QUEUED.value, now, actor, claim_.step, claim_data(claim_))
 
 
-def released(claim_: Claim, outcome: str, now: float, actor: str) -> Entry:
-    return Entry(Action.RELEASED.value, now, actor, claim_.step, {**claim_data(claim_), "outcome": outcome})
+def released(claim_: Claim, outcome: str, now: float, actor: str, *,
+             newest: Success | None = None) -> Entry:
+    """``newest``: for a success, the newest version that has now succeeded there."""
+    data: dict[str, Any] = {**claim_data(claim_), "outcome": outcome}
+    if newest is not None:
+        data["newest"] = attrs.asdict(newest)
+    return Entry(Action.RELEASED.value, now, actor, claim_.step, data)
 
 
 def locked(by: str, reason: str, now: float) -> Entry:

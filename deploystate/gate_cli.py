@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from deploystate.config import Config
     from deploystate.ports import Backends, CheckResult
     from deploystate.runner import Runner
-    from deploystate.sqlite_store import SQLiteStore
+    from deploystate.stores import CheckedStore
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_S = {"": 60.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -34,7 +34,7 @@ def duration_s(text: str, flag: str) -> float:
 
 @contextlib.contextmanager
 def _gate(args: argparse.Namespace, *, create: bool = False,
-          rollback: bool = False) -> Iterator[tuple[Runner, SQLiteStore, Backends, Config]]:
+          rollback: bool = False) -> Iterator[tuple[Runner, CheckedStore, Backends, Config]]:
     """The journal, the backend and a runner with the configured production checks."""
     import attrs
 
@@ -42,9 +42,14 @@ def _gate(args: argparse.Namespace, *, create: bool = False,
     store_path = cli._store_path(args, config)
     # A rollback's one step is a per-environment deployment: that is its real path.
     strategy = attrs.evolve(config.strategy, individual_deployments=True) if rollback else config.strategy
+    from deploystate import notify_cli
+
+    # A rollback is a new rollout: like start, it is refused when a notifier cannot deliver.
+    notifiers = notify_cli.notifiers_for(config, strict=rollback)
     with cli._journal(store_path, create=create) as store, \
-            cli._open_backends(config.backend, cli._configured_settings(config, store_path)) as backends:
-        runner = cli._runner(store, backends, config, strategy=strategy)
+            cli._open_backends(config.backend, cli._configured_settings(config, store_path)) as backends, \
+            notify_cli.delivering(notifiers, store, backends.runbook) as delivery:
+        runner = cli._runner(store, backends, config, strategy=strategy, delivery=delivery)
         yield runner, store, backends, config
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from deploystate.config import ConfigError
-from deploystate.environments import environment_view
+from deploystate.environments import read_environment
 from deploystate.errors import DeploystateError
 from deploystate.ports import Backends, Check, CheckContext, CheckResult, Store, Verdict
 from deploystate.terminal import printable
@@ -46,7 +46,7 @@ class EnvironmentLockCheck:
 
     def run(self, context: CheckContext) -> CheckResult:
         env = context.environment
-        lock = environment_view(env, self.store.env_read(env)).lock
+        lock = read_environment(self.store, env).lock
         if lock is None:
             return CheckResult(self.name, Verdict.PASSED, f"{env} is not locked")
         return CheckResult(self.name, Verdict.FAILED, f"{env} is locked by {lock.by}: {lock.reason}",

@@ -179,6 +179,7 @@ class MemoryStore:
         self._summaries: dict[str, tuple[int, str | dict[str, JSONValue]]] = {}
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        self._env_summaries: dict[str, tuple[int, str]] = {}
         self._environments: dict[str, list[Record]] = {}
         self._delivered: dict[str, dict[str, int]] = {}  # rollout -> notifier -> last record told
 
@@ -239,18 +240,32 @@ class MemoryStore:
             with self._lock:
                 self._held.discard(rollout_id)
 
-    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry],
+                   summary: Mapping[str, JSONValue] | None = None) -> list[Record]:
         check_environment_name(environment)
+        text = None if summary is None else summary_text(summary)
         with self._lock:
-            existing = self._environments.get(environment, [])
+            existing = self._environments.setdefault(environment, [])
             last = existing[-1].seq if existing else 0
             if last != expected_seq:
+                if not existing:
+                    del self._environments[environment]
                 raise env_conflict(environment, expected_seq, last)
             if not entries:
+                if not existing:
+                    del self._environments[environment]
                 return []  # an environment exists only through its records
             made = [_record(environment, last + i + 1, e) for i, e in enumerate(entries)]
-            self._environments[environment] = [*existing, *made]
+            existing.extend(made)  # in place: an environment's journal grows with every rollout
+            if text is not None:
+                self._env_summaries[environment] = (last + len(made), text)
             return made
+
+    def env_summary(self, environment: str) -> Summary | None:
+        check_environment_name(environment)
+        with self._lock:
+            kept = self._env_summaries.get(environment)
+        return None if kept is None else Summary(kept[0], json.loads(kept[1]))
 
     def env_read(self, environment: str, after: int = 0) -> list[Record]:
         check_environment_name(environment)

@@ -330,11 +330,18 @@ class Store(Protocol):
     # appended with the sequence number expected, exactly like a rollout's: of two runners
     # claiming one environment, one wins and the other reads again.
 
-    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry],
+                   summary: Mapping[str, Any] | None = None) -> list[Record]:
         """Append to ``environment``'s journal after record ``expected_seq`` (0: it has none yet).
 
         ``JournalConflict`` if its last record is not ``expected_seq``; durable once it returns.
+        ``summary`` (the environment after these records, opaque JSON the core makes) is kept in
+        the same transaction, so readers start from it rather than from record 1.
         """
+        ...
+
+    def env_summary(self, environment: str) -> Summary | None:
+        """The latest summary kept for ``environment`` (``seq``: the record it describes), or None."""
         ...
 
     def env_read(self, environment: str, after: int = 0) -> list[Record]:

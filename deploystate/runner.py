@@ -37,7 +37,7 @@ from deploystate.decide import (
     failing_checks,
     protected_environments,
 )
-from deploystate.environments import EnvironmentView, environment_view
+from deploystate.environments import EnvironmentView
 from deploystate.errors import DeploystateError, EventRefused
 from deploystate.journal import Entry, JournalConflict, Record
 from deploystate.machine import Phase
@@ -98,6 +98,9 @@ class Runner:
         self.api_calls = 0
         self.checks = tuple(checks)  # the production checks (none: the gate checks nothing)
         self._checking = ("", "")
+        # Environments' journals grow with every rollout of the store: each is read once, then
+        # only what was appended since.
+        self._environments_read: dict[str, EnvironmentView] = {}
         self._capabilities: dict[tuple[int, type], tuple[object, bool]] = {}
 
     @property
@@ -240,7 +243,24 @@ class Runner:
 
     # -- environments: locks and rollbacks -------------------------------------------------------
     def environment(self, name: str) -> EnvironmentView:
-        return environment_view(name, self.store.env_read(name))
+        """``name``'s journal as it stands: what this runner read before, and what came since."""
+        known = self._environments_read.get(name)
+        if known is None:
+            known = envs.read_environment(self.store, name)
+        else:
+            known = known.applied(self.store.env_read(name, after=known.seq))
+        self._environments_read[name] = known
+        return known
+
+    def _env_append(self, view: EnvironmentView, entries: Sequence[Entry]) -> EnvironmentView:
+        """Append to an environment's journal, its summary beside (``JournalConflict`` if another
+        writer got there first); returns the environment after."""
+        records = [Record(view.name, view.seq + i + 1, e.action, e.at, e.actor, e.step, dict(e.data))
+                   for i, e in enumerate(entries)]
+        after = view.applied(records)
+        self.store.env_append(view.name, view.seq, entries, summary=envs.summary_of(after))
+        self._environments_read[view.name] = after
+        return after
 
     def lock(self, environment: str, by: str, reason: str) -> EnvironmentView:
         """Lock ``environment``: no new deployment starts there (a running one goes on)."""
@@ -263,8 +283,7 @@ class Runner:
         for _ in range(OPERATOR_ATTEMPTS):
             view = self.environment(environment)
             try:
-                entries = choose(view, self.clock.now())
-                return view.applied(self.store.env_append(environment, view.seq, entries))
+                return self._env_append(view, choose(view, self.clock.now()))
             except JournalConflict:
                 continue  # a runner claimed or released meanwhile: decide again
         raise JournalConflict(f"environment {environment} kept changing; nothing was written, try again")
@@ -381,9 +400,10 @@ class Runner:
             decision = decide(view, Outside(now=self.clock.now(), environments=environments), self.config)
             try:
                 for entries in decision.environments:
-                    self.store.env_append(entries.environment, entries.expected_seq, entries.entries)
+                    self._env_append(environments[entries.environment], entries.entries)
                 return
             except JournalConflict:
+                self._environments_read.clear()  # read them again
                 continue
 
     def _outside(self, call: Callable[[], Deployment], trouble: str, *,
@@ -508,12 +528,14 @@ class Runner:
         another writer got there first."""
         for entries in decision.environments:
             name = entries.environment
+            known = environments.get(name, EnvironmentView(name))
+            if known.seq != entries.expected_seq:
+                known = EnvironmentView(name)  # decided on another view: let the store refuse it
             try:
-                records = self.store.env_append(name, entries.expected_seq, entries.entries)
+                environments[name] = self._env_append(known, entries.entries)
             except JournalConflict:
                 environments[name] = self.environment(name)
                 return False
-            environments[name] = environments.get(name, EnvironmentView(name)).applied(records)
             self.checkpoint("recorded")
         return True
 

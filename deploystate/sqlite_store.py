@@ -122,6 +122,16 @@ CREATE TABLE environment_records (
 ) WITHOUT ROWID
 """
 
+# Each environment's summary (its journal replayed up to record seq), written with each append:
+# a journal that grows with every rollout is then read from its summary on, not from record 1.
+_ENVIRONMENT_SUMMARIES_TABLE = """
+CREATE TABLE environment_summaries (
+    environment TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    summary TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
 # The last record of each rollout that each notifier accepted (no row: none yet).
 _DELIVERIES_TABLE = """
 CREATE TABLE deliveries (
@@ -133,7 +143,7 @@ CREATE TABLE deliveries (
 """
 
 _TABLES = {1: ("records",), 2: ("records", "rollouts"),
-           3: ("records", "rollouts", "environment_records", "deliveries")}
+           3: ("records", "rollouts", "environment_records", "environment_summaries", "deliveries")}
 _COLUMNS = "rollout_id, seq, action, at, actor, step, data"
 _ENV_COLUMNS = "environment, seq, action, at, actor, step, data"
 
@@ -144,6 +154,8 @@ _EMPTY_STAND_INS = {
     "environment_records": "CREATE TEMP VIEW environment_records AS SELECT '' AS environment, 0 AS seq, "
                            "'' AS action, 0.0 AS at, '' AS actor, NULL AS step, '' AS data WHERE 0",
     "deliveries": "CREATE TEMP VIEW deliveries AS SELECT '' AS rollout_id, '' AS notifier, 0 AS seq WHERE 0",
+    "environment_summaries": "CREATE TEMP VIEW environment_summaries AS SELECT '' AS environment, "
+                             "0 AS seq, '' AS summary WHERE 0",
 }
 
 # SQLite's primary result codes (the low byte of an extended one), and one extended code.
@@ -315,7 +327,8 @@ class SQLiteStore:
             # Re-check inside the write lock: another process may have initialised it.
             if (db.execute("PRAGMA application_id").fetchone()[0] == 0 and self._empty()
                     and db.execute("PRAGMA user_version").fetchone()[0] == 0):
-                for table in (_RECORDS_TABLE, _ROLLOUTS_TABLE, _ENVIRONMENT_RECORDS_TABLE, _DELIVERIES_TABLE):
+                for table in (_RECORDS_TABLE, _ROLLOUTS_TABLE, _ENVIRONMENT_RECORDS_TABLE,
+                              _ENVIRONMENT_SUMMARIES_TABLE, _DELIVERIES_TABLE):
                     db.execute(table)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -334,6 +347,7 @@ class SQLiteStore:
                 db.execute("INSERT INTO rollouts (rollout_id, last_seq) "
                            "SELECT rollout_id, MAX(seq) FROM records GROUP BY rollout_id")
             db.execute(_ENVIRONMENT_RECORDS_TABLE)
+            db.execute(_ENVIRONMENT_SUMMARIES_TABLE)
             db.execute(_DELIVERIES_TABLE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -487,11 +501,13 @@ class SQLiteStore:
         return Record(row[0], row[1], row[2], row[3], row[4], row[5], data)
 
     # -- environments and deliveries (the Store protocol) ------------------------------------------
-    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry]) -> list[Record]:
+    def env_append(self, environment: str, expected_seq: int, entries: Sequence[Entry],
+                   summary: Mapping[str, Any] | None = None) -> list[Record]:
         """See :meth:`deploystate.ports.Store.env_append`: one transaction, like :meth:`append`."""
         check_environment_name(environment)
         rows = [(e.action, e.at, e.actor, e.step, json.dumps(e.data, sort_keys=True, allow_nan=False))
                 for e in entries]
+        text = None if summary is None else summary_text(summary)
         with self._lock, self._guard():
             self._refuse_old_schema()
             with self._transaction():
@@ -503,8 +519,22 @@ class SQLiteStore:
                 db.executemany(f"INSERT INTO environment_records ({_ENV_COLUMNS}) "
                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                [(environment, last + i + 1, *r) for i, r in enumerate(rows)])
+                if text is not None and rows:
+                    db.execute("INSERT INTO environment_summaries (environment, seq, summary) "
+                               "VALUES (?, ?, ?) ON CONFLICT (environment) DO UPDATE SET seq = excluded.seq, "
+                               "summary = excluded.summary", (environment, last + len(rows), text))
         return [Record(environment, last + i + 1, e.action, e.at, e.actor, e.step, dict(e.data))
                 for i, e in enumerate(entries)]
+
+    def env_summary(self, environment: str) -> Summary | None:
+        check_environment_name(environment)
+        with self._lock, self._guard():
+            row = self._db.execute("SELECT seq, summary FROM environment_summaries WHERE environment = ?",
+                                   (environment,)).fetchone()
+        if row is None:
+            return None
+        data = _json_object(row[1])
+        return None if data is None else Summary(row[0], data)  # unreadable: replay from record 1
 
     def env_read(self, environment: str, after: int = 0) -> list[Record]:
         check_environment_name(environment)

@@ -23,6 +23,7 @@ from deploystate import operator
 from deploystate.actions import Action
 from deploystate.config import RunnerConfig
 from deploystate.decide import Ask, Call, Outside, Seen, decide
+from deploystate.environments import EnvironmentView, environment_view
 from deploystate.errors import DeploystateError
 from deploystate.journal import Record
 from deploystate.machine import Phase
@@ -103,20 +104,33 @@ class DecisionRules(RuleBasedStateMachine):
         self.seen: dict[str, Seen] = {}
         self.queued: list[Call] = []
         self.trigger_calls: list[tuple[str, bool]] = []  # (key, was it durable when called)
+        # The environments' journals (durable, shared with other rollouts: here, none).
+        self.environments: dict[str, list[Record]] = {}
+        self.unclaimed_triggers: list[tuple[str, object]] = []
 
     # -- the runner, one decision or one call at a time ---------------------------------------
     def _record(self, entries: Any) -> None:
         self.view, records = self.view.with_entries(entries)
         self.records.extend(records)
 
+    def _environment_views(self) -> dict[str, EnvironmentView]:
+        names = {env for step in SPEC.steps for env in step.targets}
+        return {name: environment_view(name, self.environments.get(name, [])) for name in names}
+
     @rule()
     def decide_and_record(self) -> None:
-        decision = decide(self.view, Outside(self.now, dict(self.seen)), CONFIG)
+        outside = Outside(self.now, dict(self.seen), environments=self._environment_views())
+        decision = decide(self.view, outside, CONFIG)
         if decision.entries:
             self._record(decision.entries)
             for entry in decision.entries:
                 if entry.step is not None:
                     self.seen.pop(entry.step, None)
+        for appended in decision.environments:
+            journal = self.environments.setdefault(appended.environment, [])
+            assert len(journal) == appended.expected_seq  # one rollout: nobody else writes there
+            journal.extend(Record(appended.environment, len(journal) + i + 1, e.action, e.at, e.actor, e.step,
+                                  dict(e.data)) for i, e in enumerate(appended.entries))
         self.queued = list(decision.calls)
 
     @precondition(lambda self: bool(self.queued))
@@ -127,6 +141,11 @@ class DecisionRules(RuleBasedStateMachine):
             durable = any(r.action == Action.START and r.data.get("key") == call.request.key
                           for r in self.records)
             self.trigger_calls.append((call.request.key, durable))
+            if not call.request.check_mode:  # a real deployment holds its environments first
+                views = self._environment_views()
+                holders = {env: views[env].holder for env in call.request.environments}
+                if any(h is None or h.key != call.request.key for h in holders.values()):
+                    self.unclaimed_triggers.append((call.request.key, holders))
         self.seen[call.step] = self.world.answer(call, how, self.now)
 
     @rule()
@@ -190,6 +209,10 @@ class DecisionRules(RuleBasedStateMachine):
     @invariant()
     def nothing_is_triggered_before_its_intent_is_durable(self) -> None:
         assert all(durable for _, durable in self.trigger_calls), self.trigger_calls
+
+    @invariant()
+    def a_real_deployment_is_triggered_only_while_it_holds_its_environments(self) -> None:
+        assert not self.unclaimed_triggers, self.unclaimed_triggers
 
     @invariant()
     def a_trigger_is_recorded_once_per_key(self) -> None:

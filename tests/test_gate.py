@@ -281,7 +281,7 @@ def test_a_rollback_redeploys_an_older_version_on_purpose_with_the_rollback_vari
     verdicts = {r["name"]: r["verdict"] for r in checked["results"]}  # type: ignore[union-attr]
     assert verdicts == {"active_incidents": "skipped", "environment_lock": "passed"}
     # The rollback does not make the environment older: a rollout of OLD is still superseded there.
-    assert gprd.newest(lambda v: (v,)) is not None and gprd.newest(lambda v: (v,)).version == NEW  # type: ignore[union-attr]
+    assert gprd.newest is not None and gprd.newest.version == NEW
 
 
 def test_a_rollback_is_refused_while_a_deployment_runs_there() -> None:

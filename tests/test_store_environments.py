@@ -134,7 +134,7 @@ def schema_of(path: Path) -> tuple[int, set[str]]:
         db.close()
 
 
-ALL_TABLES = {"records", "rollouts", "environment_records", "deliveries"}
+ALL_TABLES = {"records", "rollouts", "environment_records", "environment_summaries", "deliveries"}
 
 
 def test_a_version_2_journal_is_upgraded_in_place_keeping_its_rollouts(tmp_path: Path) -> None:

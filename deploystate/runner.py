@@ -662,6 +662,8 @@ def _step_result(view: RolloutView, step: str, decision: Decision) -> RunResult 
         return None
     state = view.steps[step]
     rid = view.rollout_id
+    if view.superseded is not None:  # a newer version went on: this step has nothing left to do
+        return RunResult(view, Stop.SUPERSEDED, view.standing.message(rid))
     if state.phase is Phase.SUCCEEDED:
         return RunResult(view, Stop.DONE, f"{step} succeeded; rollout {rid} is {view.standing.situation}")
     if state.phase is Phase.FAILED:

@@ -306,3 +306,14 @@ def test_an_abort_gives_its_environments_back_at_once() -> None:
     run.abort(NEW, "amy", "wrong package")
     gstg = environment_view("gstg", store.env_read("gstg"))
     assert gstg.holder is None and gstg.current is None  # released, and nothing succeeded there
+
+
+def test_one_step_run_alone_ends_superseded_not_failed() -> None:
+    store, deployer = MemoryStore(), FakeDeployer()
+    run = runner(store, deployer=deployer)
+    to_promotion(run, NEW)
+    run.create(OLD, SPEC)
+    for step in ("tag", "wait_cng", "wait_omnibus"):
+        assert run.run_step(OLD, step).stop is Stop.DONE
+    result = run.run_step(OLD, "trigger_gstg")  # what a CI job of the older pipeline does
+    assert result.stop is Stop.SUPERSEDED and "superseded" in result.message

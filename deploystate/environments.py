@@ -99,7 +99,7 @@ class EnvironmentView:
 
 # How many of an environment's last successes a view keeps (what a rollback may go back to, and
 # what status shows): its journal grows with every rollout, its summary must not.
-KEPT_SUCCESSES = 100
+KEPT_SUCCESSES = 25
 _SUMMARY_FORM = 1
 
 

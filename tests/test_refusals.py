@@ -240,7 +240,7 @@ def test_status_and_history_print_a_time_out_of_range_raw(tmp_path: Path,
     # A journal written before versions were checked: tagged 9999-12-31 23:59, so its bake ends in
     # the year 10000, which no date can show.
     from deploystate import Runner, RunnerConfig, SQLiteStore, default_spec
-    from deploystate.doubles import FakeDeployer, ManualClock, fake_backends
+    from deploystate.doubles import FakeDeployer, ManualClock, RecordingNotifier, fake_backends
     from deploystate.ports import Outcome
 
     store = tmp_path / "journal.sqlite"
@@ -248,7 +248,9 @@ def test_status_and_history_print_a_time_out_of_range_raw(tmp_path: Path,
     with SQLiteStore(store) as journal:
         backends = fake_backends(deployer=FakeDeployer(lambda request, reads: Outcome.SUCCEEDED),
                                  clock=ManualClock(start=253402300740.0))
-        runner = Runner(journal, backends, config=RunnerConfig(auto_promote="release-manager"))
+        # Its notices kept apart (the library default writes them to stderr): stderr is the commands'.
+        runner = Runner(journal, backends, config=RunnerConfig(auto_promote="release-manager"),
+                        notifier=RecordingNotifier())
         runner.create(version, default_spec())
         assert runner.run(version).view.status == "done"
     for argv in (["status"], ["status", version], ["history", version], ["status", version, "--json"],

@@ -283,6 +283,8 @@ class _Decider:
         elif not self.active:
             if self.cleaning and phase is Phase.RUNNING and step.targets and not state.canceled:
                 self._cancel(step, state, seen)
+            elif self._left_running(step, state):
+                self._watch_left_running(step, state, seen)
             return
         elif phase is Phase.RUNNING:
             self._running(step, state, seen)
@@ -593,7 +595,9 @@ class _Decider:
         elif self.cleaning and phase is Phase.RUNNING and state.deployment_id is not None \
                 and not state.canceled and is_holder:
             return None  # being canceled
-        if phase is Phase.SUCCEEDED and is_holder:
+        elif is_holder and self._left_running(self.view.spec.step(held.step), state):
+            return None  # left running by the abort: it may still deploy there
+        if is_holder and (phase is Phase.SUCCEEDED or state.outside_outcome == Outcome.SUCCEEDED.value):
             return "succeeded"
         if self.view.superseded is not None:
             return "superseded"
@@ -603,6 +607,34 @@ class _Decider:
         self.wake.append(at)
         self.cleanup_pending = True
 
+    def _left_running(self, step: Step, state: StepState) -> bool:
+        """A deployment an abort left running, whose end is not known yet: its environment stays
+        held until it ends, so it is watched (by whichever runner drives the rollout still)."""
+        return (self.view.leave_running and state.phase is Phase.RUNNING and state.deployment_id is not None
+                and state.outside_outcome is None and step.name in self.real)
+
+    def _watch_left_running(self, step: Step, state: StepState, seen: Seen | None) -> None:
+        if seen is None or seen.call.ask is not Ask.STATUS:
+            self.calls.append(self._look(step, state))
+            return
+        deployment = seen.deployment
+        if seen.error is None and deployment is not None and deployment.outcome in (Outcome.SUCCEEDED,
+                                                                                     Outcome.FAILED):
+            self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                "status": deployment.status, "deployment_id": deployment.id,
+                "ended": deployment.outcome.value,
+                "severity": "info", "message": f"pipeline {deployment.id}, left running by the abort, "
+                                               f"ended {deployment.status}; its environments are free"}))
+            return
+        if seen.error is not None and not seen.transient:
+            self.entries.append(self._entry(Action.OBSERVED, step.name, {
+                "status": f"error: {seen.error}", "ended": Outcome.UNKNOWN.value, "severity": "error",
+                "message": f"pipeline {state.deployment_id}, left running by the abort, cannot be read "
+                           f"any more ({seen.error}); its environments are given back: check it in the "
+                           "deployer"}))
+            return
+        self._clean_up_later(self.now + self.config.wait_policy.min_interval_s)
+
     def _cancel(self, step: Step, state: StepState, seen: Seen | None) -> None:
         """Stop the deployment of an aborted rollout (one the abort itself could not know of)."""
         if seen is None or seen.call.ask is not Ask.CANCEL:
@@ -611,7 +643,7 @@ class _Decider:
         if seen.error is None and seen.deployment is not None:
             self.entries.append(self._entry(Action.CANCELED, step.name, {
                 "deployment_id": seen.deployment.id, "status": seen.deployment.status,
-                "by": self.config.actor, "reason": "abort"}))
+                "by": self.config.actor, "reason": "abort", "outcome": seen.deployment.outcome.value}))
         elif state.last_status != f"error: {seen.error}":
             self.entries.append(self._entry(Action.OBSERVED, step.name, {
                 "status": f"error: {seen.error}", "severity": "error", "deployment_id": state.deployment_id,

@@ -63,6 +63,9 @@ class StepState:
     closed_by: str | None = None  # who promoted, or skipped the bake
     closing: Action | None = None  # the action that last ended it (succeed, skip, fail)
     canceled: bool = False  # its current deployment was canceled by a person's command
+    # How its deployment ended out there after the rollout itself had ended (an abort's cancel
+    # found it already succeeded; one left running was watched to its end): an Outcome's value.
+    outside_outcome: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -396,8 +399,12 @@ class _Replay:
             elif action is Action.CANCELED:
                 step.update(last_status=data.get("status"),
                             canceled=str(data.get("deployment_id")) == str(step["deployment_id"]))
+                if data.get("outcome") is not None:
+                    step["outside_outcome"] = str(data["outcome"])
             else:  # observed
                 step["last_status"] = data.get("status")
+                if data.get("ended") is not None:
+                    step["outside_outcome"] = str(data["ended"])
                 if data.get("trigger_in_doubt"):
                     step["doubt_since"] = record.at
         self.seq = record.seq
@@ -467,7 +474,7 @@ def _after_event(step: dict[str, Any], record: Record, action: Action, phase: Ph
             first_started_at=record.at if step["first_started_at"] is None else step["first_started_at"],
             started_at=record.at, timed_from=_number(data.get("from"), record.at), ended_at=None,
             failed_at=None, finished_at=None, last_status=None, reason=None, doubt_since=None,
-            timed_out=False, canceled=False)
+            timed_out=False, canceled=False, outside_outcome=None)
     elif action in (Action.SUCCEED, Action.SKIP):
         step.update(ended_at=record.at, reason=data.get("reason"), closed_by=data.get("by"), closing=action,
                     finished_at=_number(data.get("finished_at"), None))

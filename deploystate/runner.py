@@ -385,7 +385,8 @@ class Runner:
                                "deploying: cancel it in the deployer"}))
                 continue
             facts.append((Action.CANCELED.value, step.name,
-                          {"deployment_id": done.id, "status": done.status, "by": by, "reason": "abort"}))
+                          {"deployment_id": done.id, "status": done.status, "by": by, "reason": "abort",
+                           "outcome": done.outcome.value}))  # it may have succeeded out there already
         if facts:
             aborted = self._operate(rollout_id, lambda view, now: [Entry(action, now, by, name, data)
                                                                     for action, name, data in facts])

@@ -66,7 +66,8 @@ def test_a_simulated_incident_refuses_the_promotion_and_an_override_is_audited(
         ("promotion", False), ("promotion", False), ("promotion", True), ("trigger_gprd", True)]
 
 
-def test_an_older_version_is_superseded_and_says_by_what(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_older_version_is_superseded_and_says_by_what(store: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "simulate", NEW, "--store", store)[0] == 0
     code, out, _ = run(capsys, "simulate", OLD, "--store", store)
     assert code == 0  # nothing for a person to do
@@ -78,7 +79,8 @@ def test_an_older_version_is_superseded_and_says_by_what(store: str, capsys: pyt
 
 def test_a_locked_environment_waits_and_the_lock_shows_in_status(
         store: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "lock", "gprd", "--by", "sre", "--reason", "database failover", "--store", store)
+    code, out, err = run(capsys, "lock", "gprd", "--by", "sre", "--reason", "database failover",
+                         "--store", store)
     assert code == 0, err
     assert run(capsys, "lock", "gprd", "--by", "sre", "--reason", "again", "--store", store)[0] == 2
     code, out, _ = run(capsys, "status", "--store", store)

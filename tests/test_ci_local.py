@@ -1,0 +1,214 @@
+"""The generated child pipeline run end to end by ``gitlab-ci-local`` (shell executor), against the
+GitLab stand-in the test starts (on a clock 6000 times faster than real time, which the jobs share
+through ``clock_speed``/``clock_anchor``), in a temporary git repository.
+
+- The README's parent pipeline as it is: ``deploystate start`` and ``ci generate`` in one job, the
+  child pipeline triggered from its artifact (``trigger: include: artifact``, ``strategy: depend``),
+  every job in ``needs`` order, the manual promotion played (``--manual``), recorded as promoted by
+  the git user's login (gitlab-ci-local's ``GITLAB_USER_LOGIN``, as GitLab gives whoever played it).
+- The child pipeline alone, job by job as a release manager would see it: a trigger job killed with
+  SIGKILL right after its trigger (``DEPLOYSTATE_KILL_AT``, for that run only) and run again, the
+  pipeline stopping before the manual promotion, then played: every environment triggered exactly
+  once, counted by the stand-in.
+
+Tokens reach the jobs only through gitlab-ci-local's variables file, not the environment.  Under
+CI=true a missing gitlab-ci-local, node, rsync or git fails these tests; elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from deploystate_backends.gitlab_standin import AcceleratedClock, Standin, World, seed_package_builds
+from test_step_command import (
+    EVERY_ENVIRONMENT_ONCE,
+    SPEED,
+    TOKENS,
+    VERSION,
+    clean_env,
+    config_text,
+    records,
+    triggered_by_environment,
+)
+
+from deploystate.actions import Action
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+TOOLS = ("gitlab-ci-local", "node", "rsync", "git")
+README = Path(__file__).resolve().parent.parent / "README.md"
+RELEASE_MANAGER = "release-manager"
+JOB_EVENT = re.compile(r"^\s*(?:\[\S+\] -> )?(\S+)\s+(starting shell|finished in)")
+# The summary's lines (PASS/FAIL, or WARN for a job allowed to fail), e.g. " FAIL  [rollout] -> tag".
+RESULT = re.compile(r"^\s*(PASS|FAIL|WARN)\s+(?:\[\S+\] -> )?(\S+)(\s+\S*_script)?\s*$")
+
+
+@pytest.fixture
+def fast_standin(standin_factory) -> tuple[Standin, float]:
+    """A stand-in whose time runs SPEED times faster, anchored now; package builds already started."""
+    anchor = time.time()
+    standin = standin_factory(World(clock=AcceleratedClock(SPEED, start=anchor)))
+    seed_package_builds(standin.world, VERSION)
+    return standin, anchor
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        reason = (f"{', '.join(missing)} not installed (.ci/run installs them: apt-get install rsync; "
+                  "npm install -g gitlab-ci-local@4.73.0)")
+        if IN_CI:
+            pytest.fail(reason + "; under CI this test must run, not skip")
+        pytest.skip(reason)
+
+
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=directory, check=True, capture_output=True, text=True)
+
+
+def repository(directory: Path, files: dict[str, str]) -> Path:
+    """A git repository of ``files`` (gitlab-ci-local copies only what git tracks), with the tokens
+    in gitlab-ci-local's variables file (untracked: it stays on this machine, like CI/CD variables)."""
+    directory.mkdir()
+    git(directory, "init", "-q", "-b", "main")
+    git(directory, "config", "user.email", f"{RELEASE_MANAGER}@example.com")  # GITLAB_USER_LOGIN's source
+    git(directory, "config", "user.name", "Release Manager")
+    git(directory, "remote", "add", "origin", "https://gitlab.example.com/delivery/rollouts.git")
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    git(directory, "add", *files)
+    git(directory, "commit", "-q", "-m", "rollout")
+    (directory / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump({**TOKENS,
+                                                                              "NO_PROXY": "127.0.0.1"}))
+    return directory
+
+
+def gitlab_ci_local(directory: Path, *args: str) -> tuple[int, str]:
+    """Run gitlab-ci-local in ``directory``: jobs find this venv's ``deploystate`` on PATH."""
+    env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("CI", None)  # gitlab-ci-local sets CI=true in its jobs itself
+    done = subprocess.run(["gitlab-ci-local", "--no-color", *args], cwd=directory, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def results(output: str) -> dict[str, str]:
+    return {found.group(2): found.group(1) for line in output.splitlines() if (found := RESULT.match(line))}
+
+
+def assert_needs_order(output: str, pipeline: dict[str, object]) -> list[str]:
+    """Every job started only after each of its needs that ran in this run had finished; the jobs
+    in the order they started."""
+    started: list[str] = []
+    finished: set[str] = set()
+    ran = {found.group(1) for line in output.splitlines() if (found := JOB_EVENT.match(line))}
+    for line in output.splitlines():
+        found = JOB_EVENT.match(line)
+        if found is None:
+            continue
+        job, event = found.groups()
+        if event == "finished in":
+            finished.add(job)
+            continue
+        needs = pipeline[job]["needs"]  # type: ignore[index]
+        early = [need for need in needs if need in ran and need not in finished]
+        assert not early, f"{job} started before {early} finished:\n{output}"
+        started.append(job)
+    return started
+
+
+def child_pipeline(directory: Path) -> dict[str, object]:
+    made = subprocess.run([sys.executable, "-m", "deploystate", "ci", "generate", VERSION],
+                          cwd=directory, env=clean_env(), capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert made.returncode == 0, made.stderr
+    return yaml.safe_load(made.stdout)
+
+
+def readme_parent_pipeline() -> str:
+    text = README.read_text()
+    block = re.search(r"<!-- parent pipeline -->\n```yaml\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "README lost its parent pipeline (a yaml block after <!-- parent pipeline -->)"
+    return block.group(1)
+
+
+def test_the_readmes_parent_pipeline_runs_the_child_pipeline_to_production(tools, fast_standin, tmp_path):
+    standin, anchor = fast_standin
+    directory = repository(tmp_path / "project", {
+        ".gitlab-ci.yml": readme_parent_pipeline(),
+        "deploystate.toml": config_text(standin, anchor, str(tmp_path / "journal.sqlite"))})
+
+    code, output = gitlab_ci_local(directory, "--manual", "manual_promotion",
+                                   "--variable", f"CI_COMMIT_TAG={VERSION}",
+                                   "--ignore-predefined-vars", "CI_COMMIT_TAG")
+
+    assert code == 0, output
+    child = child_pipeline(directory)
+    steps = [name for name in child if name != "stages"]
+    assert results(output) == {**dict.fromkeys(steps, "PASS"), "rollout-generate": "PASS", "rollout": "PASS"}
+    started = assert_needs_order(output, {**child, "rollout-generate": {"needs": []},
+                                          "rollout": {"needs": ["rollout-generate"]}})
+    assert started[0] == "rollout-generate" and set(started) == {"rollout-generate", *steps}
+    journal = records(tmp_path)
+    assert [r for r in journal if r.action == Action.FINISH.value]
+    [promoted] = [r for r in journal if r.action == Action.SUCCEED.value and r.step == "manual_promotion"]
+    assert promoted.actor == RELEASE_MANAGER
+    assert triggered_by_environment(standin) == EVERY_ENVIRONMENT_ONCE
+
+
+def test_a_trigger_job_killed_and_retried_triggers_once_and_the_promotion_waits_to_be_played(
+        tools, fast_standin, tmp_path):
+    standin, anchor = fast_standin
+    config = config_text(standin, anchor, str(tmp_path / "journal.sqlite"))
+    (tmp_path / "deploystate.toml").write_text(config)
+    started = subprocess.run([sys.executable, "-m", "deploystate", "start", VERSION], cwd=tmp_path,
+                             env=clean_env(**TOKENS), capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    pipeline = child_pipeline(tmp_path)
+    directory = repository(tmp_path / "project", {".gitlab-ci.yml": yaml.safe_dump(pipeline, sort_keys=False),
+                                                  "deploystate.toml": config})
+
+    # 1. Up to the real path's deployment (not a dry run: those may fail), whose job is killed right
+    #    after the deployer accepted its trigger.
+    legacy = "trigger_complete_deployment"
+    code, output = gitlab_ci_local(directory, "--needs", legacy,
+                                   "--variable", "DEPLOYSTATE_KILL_AT=after-trigger:1")
+    assert code != 0 and results(output) == {"tag": "PASS", "wait_cng": "PASS", "wait_omnibus": "PASS",
+                                             legacy: "FAIL"}, output
+    assert "Killed" in output
+    assert_needs_order(output, pipeline)
+    assert triggered_by_environment(standin) == {"gstg,gprd-cny,gprd": 1}
+
+    # 2. The job retried alone: it resumes from the journal and finds its pipeline.
+    code, output = gitlab_ci_local(directory, legacy)
+    assert code == 0 and results(output) == {legacy: "PASS"}, output
+    assert triggered_by_environment(standin) == {"gstg,gprd-cny,gprd": 1}
+
+    # 3. Everything the promotion does not gate; the manual job is not played, so production waits.
+    code, output = gitlab_ci_local(directory, "--needs", "baking_time", "trigger_complete_deployment")
+    assert code == 0, output
+    assert "manual_promotion" not in results(output) and "trigger_gprd" not in results(output)
+    assert_needs_order(output, pipeline)
+    journal = records(directory.parent)
+    assert not [r for r in journal if r.step == "trigger_gprd"]
+
+    # 4. The whole pipeline with the promotion played: done jobs pass at once, production deploys.
+    code, output = gitlab_ci_local(directory, "--manual", "manual_promotion")
+    assert code == 0, output
+    assert results(output) == dict.fromkeys((name for name in pipeline if name != "stages"), "PASS")
+    assert_needs_order(output, pipeline)
+    journal = records(directory.parent)
+    assert [r for r in journal if r.action == Action.FINISH.value]
+    [promoted] = [r for r in journal if r.action == Action.SUCCEED.value and r.step == "manual_promotion"]
+    assert promoted.actor == RELEASE_MANAGER
+    for step in ("trigger_gstg", "trigger_complete_deployment", "trigger_cny", "trigger_gprd"):
+        assert len([r for r in journal if r.action == Action.TRIGGERED.value and r.step == step]) == 1
+    assert triggered_by_environment(standin) == EVERY_ENVIRONMENT_ONCE

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from deploystate.rollout import RolloutView
     from deploystate.runner import Runner, RunResult
     from deploystate.spec import Spec
-    from deploystate.sqlite_store import SQLiteStore
+    from deploystate.stores import CheckedStore
     from deploystate.strategy import Strategy
 
 PROG = "deploystate"
@@ -205,7 +205,8 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="settings file (default: $DEPLOYSTATE_CONFIG, else ./deploystate.toml)")
     parser.add_argument("--store", metavar="PATH", default=None,
-                        help="the journal (a SQLite file); overrides [deploystate] store")
+                        help="the journal (a SQLite file, or a store URL such as postgresql://HOST/DB); "
+                             "overrides [deploystate] store")
 
 
 def _version_argument(parser: argparse.ArgumentParser) -> None:
@@ -243,17 +244,29 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def _store_path(args: argparse.Namespace, config: Config) -> Path:
-    return Path(args.store if args.store is not None else config.store)
+def _store_path(args: argparse.Namespace, config: Config) -> Path | str:
+    """The journal: a SQLite file's path, or a store URL (``scheme://...``, kept as text: a Path
+    would fold its ``//``), opened by the ``deploystate.stores`` entry point of its scheme."""
+    from deploystate.stores import is_url
+
+    given = args.store if args.store is not None else config.store
+    return given if is_url(given) else Path(given)
 
 
 @contextlib.contextmanager
-def _journal(path: Path, *, create: bool, log: bool = True) -> Iterator[SQLiteStore]:
+def _journal(path: Path | str, *, create: bool, log: bool = True) -> Iterator[CheckedStore]:
     """The journal at ``path``; only commands that start rollouts may create it.
 
     With ``log``, every notice also goes to the structured log beside it (commands that only
-    read write no notice, and open none).
+    read write no notice, and open none).  A store URL has no "beside": its notices go to the
+    output and the configured notifiers only (warnings and errors also to stderr).
     """
+    if isinstance(path, str):
+        from deploystate.stores import open_url
+
+        with open_url(path, create=create) as opened:
+            yield opened
+        return
     if not create and not path.exists():
         raise DeploystateError(f"no journal at {path}; start a rollout first ('deploystate start VERSION') "
                                "or point --store (or [deploystate] store) at an existing journal")
@@ -323,11 +336,21 @@ def _open_backends(name: str, settings: Mapping[str, Any]) -> Backends:
     return registry.create(name, settings)
 
 
-def _configured_settings(config: Config, store: Path) -> dict[str, Any]:
-    from deploystate.simulation import SIMULATED, settings_for_store
+def _configured_settings(config: Config, store: Path | str) -> dict[str, Any]:
+    from deploystate.simulation import SIMULATED, WORLD, settings_for_store
 
     settings = dict(config.settings_for(config.backend))
     if config.backend == SIMULATED:
+        if isinstance(store, str):
+            # No "beside" a store URL, and a world in memory would be a new one in every process (a
+            # second trigger of each deployment after a crash): the world must be named.
+            if WORLD not in settings:
+                from deploystate.stores import shown
+
+                raise DeploystateError(f"the simulated backend keeps its world in a file beside a SQLite "
+                                       f"journal; with store {shown(store)} name one that every runner "
+                                       "reaches: [backends.simulated] world = PATH")
+            return settings
         settings = settings_for_store(settings, store)
     return settings
 
@@ -485,6 +508,11 @@ def _simulate(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint()
     spec = _spec(args.spec or config.spec)
     store_path = Path(args.store) if args.store is not None else None
+    from deploystate.stores import is_url
+
+    if args.store is not None and is_url(args.store):
+        raise UsageError("simulate keeps its journal in a SQLite file or in memory; for a store URL, use "
+                         "'deploystate start' and 'run' with [backends.simulated] world = PATH")
     settings = settings_for_simulate(config.settings_for(SIMULATED), spec=spec, store=store_path,
                                      seed=args.seed, fail=args.fail, retry_fixes=args.retry_fixes,
                                      hang=args.hang, failing_checks=args.check_fails)
@@ -663,12 +691,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _environment_views(store: Store, view: RolloutView | None = None) -> list[Any]:
     """The environments of the store (those ``view`` deploys to, if given), as they stand."""
-    from deploystate.environments import environment_view
+    from deploystate.environments import read_environment
 
     names = store.environments()
     if view is not None:
         names = [n for n in names if any(n in s.targets for s in view.spec.steps)]
-    return [environment_view(name, store.env_read(name)) for name in names]
+    return [read_environment(store, name) for name in names]
 
 
 def _history_arguments(parser: argparse.ArgumentParser) -> None:
@@ -883,6 +911,18 @@ def _abort(args: argparse.Namespace) -> int:
                     f"aborted by {by}: {reason}")
 
 
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+    from deploystate import step_cli
+
+    step_cli.arguments(parser)
+
+
+def _step(args: argparse.Namespace) -> int:
+    from deploystate import step_cli
+
+    return step_cli.run(args)
+
+
 def _text(value: str, flag: str) -> str:
     if not value.strip():
         raise UsageError(f"{flag} is empty; say why")
@@ -894,6 +934,8 @@ COMMANDS: tuple[Command, ...] = (
             _simulate_arguments, _simulate),
     Command("start", "create a rollout (nothing runs until 'run')", _start_arguments, _start),
     Command("run", "advance a rollout until it is done or needs a human", _run_arguments, _run),
+    Command("step", "advance one step of a rollout until it ends or needs a person (a CI job per step)",
+            _step_arguments, _step),
     Command("status", "one rollout's steps and phases, or a table of every rollout",
             _status_arguments, _status),
     Command("promote", "promote a rollout waiting at the promotion gate", _promote_arguments, _promote),

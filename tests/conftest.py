@@ -9,4 +9,4 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
-pytest_plugins = ["standin_fixtures"]
+pytest_plugins = ["standin_fixtures", "pg_fixtures"]

@@ -1,4 +1,5 @@
-"""The Store contract (deploystate.ports.Store), one suite run against every store.
+"""The Store contract (deploystate.ports.Store), one suite run against every store: the memory
+store, a SQLite file and a PostgreSQL database (a real server the tests start: tests/pg_fixtures.py).
 
 Each test gets a ``Stores`` that opens the store under test; ``reopen()`` gives the same journal
 again as a new process would see it (for the memory store: the same object, which has no
@@ -44,11 +45,16 @@ class Stores:
             store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     if request.param == "memory":
         memory = MemoryStore()
         made = Stores(lambda: memory)
+    elif request.param == "postgres":
+        from deploystate_backends.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")  # a new, empty journal in the tests' own server
+        made = Stores(lambda: PostgresStore(url))
     else:
         made = Stores(lambda: SQLiteStore(tmp_path / "journal.sqlite"))
     try:

@@ -113,11 +113,11 @@ def start_up(rounds: int, store_url: str | None) -> None:
         anchor = time.time()
         world = World(clock=AcceleratedClock(SPEED, start=anchor))
         with Standin(world, faults=FaultPlan(seed=1)) as standin, tempfile.TemporaryDirectory() as folder:
-            seed_package_builds(standin.world, VERSION)
             requests = FirstRequest(standin)
             directory = Path(folder)
             store = f"{store_url.rstrip('/')}" if store_url else str(directory / "journal.sqlite")
             version = VERSION if store_url is None else _fresh_version(number)
+            seed_package_builds(standin.world, version)
             (directory / "deploystate.toml").write_text(config_text(standin, anchor, store))
             for command in (("start", version), ):
                 made = deploystate(directory, *command)
@@ -173,6 +173,7 @@ class CountingStore:
     def __init__(self, store: Any) -> None:
         self._store = store
         self.calls: Counter[str] = Counter()
+        self.seconds = 0.0  # spent inside the calls
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._store, name)
@@ -181,7 +182,11 @@ class CountingStore:
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
-            return value(*args, **kwargs)
+            begun = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - begun
 
         return counted
 
@@ -190,7 +195,6 @@ def round_trips(store_url: str | None, rounds: int) -> None:
     spec = default_spec()
     with Standin(World(clock=VirtualClock()), faults=FaultPlan(seed=1)) as standin, \
             tempfile.TemporaryDirectory() as folder:
-        seed_package_builds(standin.world, VERSION)
         raw, statements = _open_store(store_url, Path(folder))
         store = CountingStore(raw)
         settings = {"url": standin.url, "deployer_project": DEPLOYER.path, "cng_project": CNG.path,
@@ -199,13 +203,15 @@ def round_trips(store_url: str | None, rounds: int) -> None:
         runner = Runner(store, backends, config=RunnerConfig(strategy=Strategy(check_mode_everywhere=True)),
                         notifier=_Silent())
         version = VERSION if store_url is None else _fresh_version(rounds)
+        seed_package_builds(standin.world, version)
         runner.create(version, spec)
         print(f"\n(b) journal round trips per step ({'SQLite' if store_url is None else 'PostgreSQL'} store; "
               "the seed spec, each step as its own job would run it):")
-        print(f"    {'step':<28} {'API calls':>9} {'store calls':>11} {'per call':>8} {'SQL statements':>14}"
-              "   calls by kind")
+        print(f"    {'step':<28} {'API calls':>9} {'store calls':>11} {'per call':>8} {'in store':>8} "
+              f"{'SQL statements':>14}   calls by kind")
         for step in spec.steps:
             store.calls.clear()
+            store.seconds = 0.0
             statements.clear()
             calls_before = runner.api_calls
             result = advance_step(runner, version, step.name)
@@ -217,7 +223,8 @@ def round_trips(store_url: str | None, rounds: int) -> None:
             sql = str(len(statements)) if store_url is None else "-"
             kinds = ", ".join(f"{name} {count}" for name, count in store.calls.most_common())
             print(f"    {step.name:<28} {runner.api_calls - calls_before:>9} {total:>11} "
-                  f"{total / passes:>8.1f} {sql:>14}   {kinds}  [{result.stop.value}]")
+                  f"{total / passes:>8.1f} {store.seconds * 1000:>6.0f}ms {sql:>14}   {kinds}  "
+                  f"[{result.stop.value}]")
         raw.close()
 
 

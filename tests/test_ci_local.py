@@ -17,6 +17,7 @@ CI=true a missing gitlab-ci-local, node, rsync or git fails these tests; elsewhe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -74,7 +76,7 @@ def git(directory: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=directory, check=True, capture_output=True, text=True)
 
 
-def repository(directory: Path, files: dict[str, str]) -> Path:
+def repository(directory: Path, files: dict[str, str], *, store: str | None = None) -> Path:
     """A git repository of ``files`` (gitlab-ci-local copies only what git tracks), with the tokens
     in gitlab-ci-local's variables file (untracked: it stays on this machine, like CI/CD variables)."""
     directory.mkdir()
@@ -86,8 +88,8 @@ def repository(directory: Path, files: dict[str, str]) -> Path:
         (directory / name).write_text(text)
     git(directory, "add", *files)
     git(directory, "commit", "-q", "-m", "rollout")
-    (directory / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump({**TOKENS,
-                                                                              "NO_PROXY": "127.0.0.1"}))
+    variables = {**TOKENS, "NO_PROXY": "127.0.0.1", **({"DEPLOYSTATE_STORE": store} if store else {})}
+    (directory / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump(variables))
     return directory
 
 
@@ -164,17 +166,34 @@ def test_the_readmes_parent_pipeline_runs_the_child_pipeline_to_production(tools
     assert triggered_by_environment(standin) == EVERY_ENVIRONMENT_ONCE
 
 
+def history(directory: Path) -> list[SimpleNamespace]:
+    """The rollout's records as ``deploystate history --json`` gives them, whichever the store."""
+    shown = subprocess.run([sys.executable, "-m", "deploystate", "history", VERSION, "--json"], cwd=directory,
+                           env=clean_env(**TOKENS), capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    return [SimpleNamespace(**record) for record in json.loads(shown.stdout)]
+
+
+@pytest.mark.parametrize("journal", ["sqlite", "postgresql"])
 def test_a_trigger_job_killed_and_retried_triggers_once_and_the_promotion_waits_to_be_played(
-        tools, fast_standin, tmp_path):
+        tools, fast_standin, tmp_path, request, journal):
     standin, anchor = fast_standin
-    config = config_text(standin, anchor, str(tmp_path / "journal.sqlite"))
-    (tmp_path / "deploystate.toml").write_text(config)
-    started = subprocess.run([sys.executable, "-m", "deploystate", "start", VERSION], cwd=tmp_path,
-                             env=clean_env(**TOKENS), capture_output=True, text=True, timeout=60, check=False)
+    # PostgreSQL as CI/CD variables would give it to every job: DEPLOYSTATE_STORE.  A SQLite file (which
+    # works here only because every job of gitlab-ci-local runs on this machine) is named in
+    # deploystate.toml alone: gitlab-ci-local makes a variable whose value is an existing file's path a
+    # File variable, a copy of the file for each job, and each job would then write its own journal.
+    store = request.getfixturevalue("pg_url") if journal == "postgresql" else str(tmp_path / "journal.sqlite")
+    config = config_text(standin, anchor, store)
+    directory = repository(tmp_path / "project", {"deploystate.toml": config},
+                           store=store if journal == "postgresql" else None)
+    started = subprocess.run([sys.executable, "-m", "deploystate", "start", VERSION], cwd=directory,
+                             env=clean_env(**TOKENS, DEPLOYSTATE_STORE=store), capture_output=True, text=True,
+                             timeout=60, check=False)
     assert started.returncode == 0, started.stderr
-    pipeline = child_pipeline(tmp_path)
-    directory = repository(tmp_path / "project", {".gitlab-ci.yml": yaml.safe_dump(pipeline, sort_keys=False),
-                                                  "deploystate.toml": config})
+    pipeline = child_pipeline(directory)
+    (directory / ".gitlab-ci.yml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    git(directory, "add", ".gitlab-ci.yml")
+    git(directory, "commit", "-q", "-m", "the rollout's child pipeline")
 
     # 1. Up to the real path's deployment (not a dry run: those may fail), whose job is killed right
     #    after the deployer accepted its trigger.
@@ -197,7 +216,7 @@ def test_a_trigger_job_killed_and_retried_triggers_once_and_the_promotion_waits_
     assert code == 0, output
     assert "manual_promotion" not in results(output) and "trigger_gprd" not in results(output)
     assert_needs_order(output, pipeline)
-    journal = records(directory.parent)
+    journal = history(directory)
     assert not [r for r in journal if r.step == "trigger_gprd"]
 
     # 4. The whole pipeline with the promotion played: done jobs pass at once, production deploys.
@@ -205,7 +224,7 @@ def test_a_trigger_job_killed_and_retried_triggers_once_and_the_promotion_waits_
     assert code == 0, output
     assert results(output) == dict.fromkeys((name for name in pipeline if name != "stages"), "PASS")
     assert_needs_order(output, pipeline)
-    journal = records(directory.parent)
+    journal = history(directory)
     assert [r for r in journal if r.action == Action.FINISH.value]
     [promoted] = [r for r in journal if r.action == Action.SUCCEED.value and r.step == "manual_promotion"]
     assert promoted.actor == RELEASE_MANAGER

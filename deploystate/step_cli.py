@@ -46,7 +46,7 @@ _BUSY_PAUSE_S = (0.05, 0.25)  # random, so jobs that met at the lock do not meet
 def arguments(parser: argparse.ArgumentParser) -> None:
     cli._version_argument(parser)
     parser.add_argument("step", metavar="STEP",
-                        help="the step's name in the rollout's spec, e.g. trigger_gstg")
+                        help="the step's name in the rollout's spec, e.g. trigger_staging")
     parser.add_argument("--by", metavar="WHO", default=None,
                         help="who promotes, for a promotion step (recorded; default: your login name); "
                              "a CI job passes the user who played it")

@@ -188,3 +188,29 @@ def test_bad_input_is_exit_2_and_says_what_to_do(project):
     assert empty[0] == 2 and "--by is empty" in empty[1]
     absent = done(directory, "step", "13.10.202103011221", "tag")
     assert absent[0] == 2 and "start it first ('deploystate start 13.10.202103011221')" in absent[1]
+
+
+def test_a_promotion_step_refused_by_the_checks_is_exit_1_and_goes_on_once_they_are_overridden(tmp_path):
+    # The simulated backend, whose simulated active_incidents check fails (as with simulate --check-fails).
+    (tmp_path / "deploystate.toml").write_text(f"""[deploystate]
+backend = "simulated"
+store = "{tmp_path / 'journal.sqlite'}"
+
+[backends.simulated]
+failing_checks = ["active_incidents"]
+""")
+    assert done(tmp_path, "start", VERSION)[0] == 0
+    for name in ("tag", "wait_cng", "wait_omnibus", "trigger_gstg", "trigger_cny"):
+        assert done(tmp_path, "step", VERSION, name)[0] == 0
+
+    refused = done(tmp_path, "step", VERSION, "manual_promotion", "--by", "amy")
+
+    assert refused[0] == 1, refused[1]
+    assert "active_incidents   FAILED" in refused[1] and "was not promoted" in refused[1]
+    overridden = done(tmp_path, "promote", VERSION, "--by", "amy", "--override-checks", "S1 elsewhere")
+    assert overridden[0] == 0, overridden[1]
+    retried = done(tmp_path, "step", VERSION, "manual_promotion", "--by", "bob")  # the job retried
+    assert retried[0] == 0, retried[1]
+    journal = records(tmp_path)
+    [promoted] = [r for r in journal if r.action == Action.SUCCEED.value and r.step == "manual_promotion"]
+    assert promoted.actor == "amy"  # who overrode and promoted, not who retried the job

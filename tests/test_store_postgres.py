@@ -23,7 +23,14 @@ from deploystate_backends.postgres import SCHEMA_VERSION, PostgresStore, lock_ke
 from pg_fixtures import Cluster
 
 from deploystate.errors import DeploystateError
-from deploystate.journal import Entry, JournalConflict, JournalCorrupt, JournalError, RolloutBusy
+from deploystate.journal import (
+    Entry,
+    JournalConflict,
+    JournalCorrupt,
+    JournalError,
+    JournalReadOnly,
+    RolloutBusy,
+)
 from deploystate.stores import open_url
 
 RID = "13.10.202103011220"
@@ -93,6 +100,16 @@ def test_two_processes_opening_an_empty_database_make_the_schema_once(pg_url: st
     for process in started:
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
     assert len(tables(pg_url)) == 6
+
+
+def test_a_role_that_may_not_create_the_tables_is_told_what_to_grant(pg_cluster: Cluster) -> None:
+    database = pg_cluster.new_database()  # PostgreSQL 15: only the owner may create in public
+    role = f"reader{time.monotonic_ns() % 10**9}"
+    pg_cluster.sql(f"CREATE ROLE {role} LOGIN")
+    with pytest.raises(JournalReadOnly, match=r"refused this \(permission denied for schema public\); "
+                                              r"nothing was written. Grant the role what the journal "
+                                              r"needs: CREATE on the schema"):
+        PostgresStore(pg_cluster.url(database, user=role))
 
 
 # -- the URL and the password -----------------------------------------------------------------------

@@ -257,8 +257,11 @@ class PostgresStore:
         return connection
 
     def _said(self, error: BaseException) -> str:
-        """What the server or libpq said, on one line, without the password."""
-        text = " ".join(str(error).split()) or type(error).__name__
+        """What the server or libpq said, on one line, without the password (the server's own
+        sentence, not the statement it quotes after it)."""
+        diag = getattr(error, "diag", None)
+        primary = getattr(diag, "message_primary", None) if diag is not None else None
+        text = " ".join(str(primary or error).split()) or type(error).__name__
         return self._target.scrub(text)
 
     def _open(self, create: bool) -> str:
@@ -348,7 +351,9 @@ class PostgresStore:
                                   "primary") from None
         if isinstance(error, errors.InsufficientPrivilege):
             raise JournalReadOnly(f"PostgreSQL at {where} refused this ({said}); nothing was written. Grant "
-                                  "the role SELECT, INSERT and UPDATE on the journal's tables") from None
+                                  "the role what the journal needs: CREATE on the schema for the first "
+                                  "'deploystate start' (which makes the tables), then SELECT, INSERT and "
+                                  "UPDATE on its tables") from None
         if isinstance(error, errors.DiskFull):
             raise JournalError(f"the disk of PostgreSQL at {where} is full ({said}); nothing was written for "
                                "this step; free space and run again") from None

@@ -48,13 +48,48 @@ Hypothesis settings apply as usual, e.g. fewer events per run::
 
 Plug in another machine (a wrapper, or a deliberately broken one in a test) with
 ``rollout_rules(spec, machine_factory=MyMachine)``.
+
+The gate between rollouts
+-------------------------
+
+:func:`gate_rules` checks the gate that several rollouts share: real runners (one per rollout,
+individual deployments the real path) over one :class:`~deploystate.journal.MemoryStore`, one
+:class:`~deploystate.doubles.ManualClock`, a fake deployer whose deployments run until a rule
+finishes them, fake production checks that rules fail and pass, and the environment lock check::
+
+    from deploystate.spec import load_spec
+    from deploystate.testing import gate_rules
+
+    TestMyGate = gate_rules(load_spec("mine.toml")).TestCase
+
+    # your versions (oldest first) and the names of your checks:
+    TestMyGate = gate_rules(spec, versions=("1.0.0", "1.1.0", "1.2.0"), checks=("incidents",)).TestCase
+
+Rules create rollouts of versions drawn from the pool (older or newer than the others), run one
+runner pass (``advance``), walk a rollout towards done, finish running deployments (succeeded or
+failed), fail and pass checks, promote with and without an override, override, lock and unlock
+environments, roll back to a version that succeeded there (or one that did not: refused), retry,
+skip a bake, abort (leaving deployments running or not) and let time pass.  Every trigger the
+deployer receives is judged when it happens against the world (what runs where, what succeeded
+where, the verdicts and the overrides the rules made), never against the journal; each
+:class:`GateInvariant`:
+
+* one active deployment per environment (a deployment runs until a rule finishes it or it is
+  canceled);
+* never an older version over a newer one that succeeded there, except in a rollback the rules
+  asked for, to a version that succeeded there;
+* a protected deployment is never triggered while a check fails, unless a live override made for
+  its rollout covers that check (``environment_lock`` is never covered).
+
+A failure raises :class:`GateViolation`, naming the rule and listing what the world saw.  Settings
+apply as usual, e.g. ``settings(max_examples=150, stateful_step_count=40)(gate_rules()).TestCase``.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -71,17 +106,30 @@ from hypothesis.stateful import (
 )
 
 from deploystate.actions import EVENTS, Action
-from deploystate.errors import EventRefused
+from deploystate.config import RunnerConfig
+from deploystate.doubles import FakeCheck, FakeDeployer, ManualClock, fake_backends
+from deploystate.errors import DeploystateError, EventRefused
+from deploystate.gates import ENVIRONMENT_LOCK, EnvironmentLockCheck
+from deploystate.journal import MemoryStore
 from deploystate.machine import ABORTED, ACTIVE, DONE, Phase, RolloutMachine
-from deploystate.spec import GATE_KINDS, Spec, Step, StepKind
+from deploystate.ports import Check, CheckContext, Deployment, Outcome, TriggerRequest, Verdict, natural_key
+from deploystate.rollout import RolloutView
+from deploystate.runner import Runner
+from deploystate.spec import GATE_KINDS, Spec, Step, StepKind, default_spec, rollback_spec
+from deploystate.strategy import Strategy
 
 __all__ = [
     "Event",
+    "GateInvariant",
+    "GateRules",
+    "GateViolation",
+    "GateWorld",
     "Invariant",
     "InvariantViolated",
     "MachineUnderTest",
     "RolloutRecord",
     "RolloutRules",
+    "gate_rules",
     "rollout_rules",
     "valid_specs",
 ]
@@ -779,3 +827,598 @@ def valid_specs(*, min_steps: int = 1, max_steps: int = 8) -> st.SearchStrategy[
         raise ValueError(f"need 1 <= min_steps <= max_steps, got min_steps={min_steps}, "
                          f"max_steps={max_steps}; a spec has at least one step")
     return _valid_specs(min_steps, max_steps)
+
+
+# == The gate: several rollouts sharing one store ===================================================
+#
+# The rules above check one machine's events.  Those below drive whole runners, several rollouts of
+# different versions at once over one store, and watch the world they deploy to: every trigger the
+# deployer receives is judged as it happens against what the world knows (what runs where, what
+# succeeded where, which checks fail, which overrides the rules made), never against the journal.
+
+
+class GateInvariant(enum.StrEnum):
+    """The rules of the gate between rollouts; a value reads as the rule itself."""
+
+    ONE_DEPLOYMENT_PER_ENVIRONMENT = (
+        "one active deployment per environment: nothing is triggered where another real deployment "
+        "still runs")
+    NEVER_OLDER_OVER_NEWER = (
+        "never an older version over a newer one: only a rollback the rules asked for redeploys a "
+        "version older than the newest that succeeded there, and only one that succeeded there")
+    PROTECTED_ONLY_WHEN_CHECKS_PASS = (
+        "a protected deployment is never triggered while a production check fails, unless a live "
+        "override made for its rollout covers that check (a lock is never covered)")
+
+
+@attrs.define(eq=False)
+class WorldDeployment:
+    """One real deployment as the world saw it triggered, and how a rule (or a cancel) ended it."""
+
+    number: int
+    key: str
+    rollout: str
+    version: str
+    environments: tuple[str, ...]
+    rollback: bool
+    at: float
+    ended: str | None = None  # "succeeded", "failed" (a rule finished it) or "canceled"
+
+    @property
+    def running(self) -> bool:
+        return self.ended is None
+
+    def __str__(self) -> str:
+        kind = " (rollback)" if self.rollback else ""
+        state = "running" if self.ended is None else self.ended
+        return f"#{self.number} {self.version}{kind} to {','.join(self.environments)} [{self.key}]: {state}"
+
+
+@attrs.frozen
+class WorldOverride:
+    """An override a rule made and the runner accepted: the checks failing then, until when."""
+
+    checks: frozenset[str]
+    until: float
+    by: str
+
+
+class GateViolation(AssertionError):
+    """A trigger (or the world after a rule) broke a :class:`GateInvariant`; the message shows how."""
+
+    def __init__(self, invariant: GateInvariant, rollout_id: str, environment: str, detail: str,
+                 history: Sequence[str]) -> None:
+        self.invariant = invariant
+        self.rollout_id = rollout_id
+        self.environment = environment
+        self.detail = detail
+        lines = "\n".join(f"    {n}. {line}" for n, line in enumerate(history, 1)) or "    (none)"
+        super().__init__(
+            f"broken rule: {invariant.value}\n"
+            f"rollout {rollout_id!r} in {environment}: {detail}\n"
+            f"what the world saw, in order:\n{lines}\n"
+            "Fix the gate (or the runner); the steps hypothesis prints reproduce this.")
+
+
+DEFAULT_VERSIONS = ("13.10.202103011200", "13.10.202103011300", "13.10.202103011400",
+                    "13.10.202103011500", "13.10.202103011600")
+DEFAULT_CHECKS = ("active_incidents", "deployment_health")
+GATE_ACTOR = "amy"
+GATE_REASON = "the failing check is unrelated to this change"
+
+
+class _Silent:
+    """A notifier that drops every notice: the rules read the world, not the notices."""
+
+    def notify(self, notice: Any) -> None:
+        return None
+
+
+class GateWorld:
+    """What the rules' runners deploy to, and the oracle's account of it.
+
+    One :class:`~deploystate.journal.MemoryStore` and one :class:`~deploystate.doubles.ManualClock`
+    shared by every runner; a deployer whose deployments run until a rule finishes them (dry runs,
+    in check mode, succeed at once); production checks whose verdicts the rules set, and the
+    core's environment lock check.
+    """
+
+    def __init__(self, spec: Spec, strategy: Strategy, check_names: Sequence[str],
+                 version_key: Callable[[str], tuple[Any, ...]] = natural_key) -> None:
+        self.spec = spec
+        self.strategy = strategy
+        self.version_key = version_key
+        self.store = MemoryStore()
+        self.clock = ManualClock()
+        self.start = self.clock.now()
+        self.deployer = _WatchedDeployer(self)
+        self.verdicts: dict[str, Verdict] = {name: Verdict.PASSED for name in check_names}
+        self.fake_checks = tuple(FakeCheck(name, self._verdict(name)) for name in check_names)
+        self.checks: tuple[Check, ...] = (*self.fake_checks, EnvironmentLockCheck(self.store))
+        real = strategy.real_steps(spec)
+        self.environments = tuple(sorted({e for name in real for e in spec.step(name).targets}))
+        protected = [s for s in spec.steps if s.protected]
+        chosen = [s for s in protected if s.name in real] or protected
+        self.protected = frozenset(e for s in chosen for e in s.targets)
+        self.deployments: list[WorldDeployment] = []
+        self.outcomes: dict[str, Outcome] = {}  # by key: how a rule finished it
+        self.succeeded: dict[str, list[str]] = {env: [] for env in self.environments}
+        self.locked: dict[str, bool] = {env: False for env in self.environments}
+        self.overrides: dict[str, list[WorldOverride]] = {}
+        self.versions: dict[str, str] = {}  # rollout -> version, as the rules created it
+        self.rollbacks: dict[str, str] = {}  # rollout -> the environment a rule asked to roll back
+        self.advancing: str | None = None
+        self.history: list[str] = []
+        self.violations: list[GateViolation] = []
+        self.dry_runs = 0
+
+    def _verdict(self, name: str) -> Callable[[CheckContext], Verdict]:
+        return lambda context: self.verdicts[name]
+
+    def say(self, line: str) -> None:
+        self.history.append(f"[t+{int(self.clock.now() - self.start)} s] {line}")
+
+    # -- the deployer's answers --------------------------------------------------------------
+    def answer(self, request: TriggerRequest, reads: int) -> Outcome:
+        if request.check_mode:
+            return Outcome.SUCCEEDED
+        return self.outcomes.get(request.key, Outcome.WAITING)
+
+    def running(self, environment: str | None = None) -> list[WorldDeployment]:
+        return [d for d in self.deployments
+                if d.running and (environment is None or environment in d.environments)]
+
+    def newest(self, environment: str) -> str | None:
+        done = self.succeeded.get(environment, [])
+        return max(done, key=self.version_key) if done else None
+
+    def failing(self, environment: str, *, rollback: bool) -> frozenset[str]:
+        """The checks failing now for a deployment to ``environment``, as the rules set them."""
+        found = {c.name for c in self.fake_checks if self.verdicts[c.name] is not Verdict.PASSED
+                 and (c.rollback or not rollback)}
+        if self.locked.get(environment):
+            found.add(ENVIRONMENT_LOCK)
+        return frozenset(found)
+
+    def failing_for(self, rollout: str) -> frozenset[str]:
+        """The checks failing now for ``rollout``'s gate (its protected environments, or its rollback's)."""
+        rollback = self.rollbacks.get(rollout)
+        where = (rollback,) if rollback is not None else tuple(sorted(self.protected))
+        return frozenset().union(*(self.failing(e, rollback=rollback is not None) for e in where))
+
+    def covered(self, rollout: str) -> frozenset[str]:
+        now = self.clock.now()
+        return frozenset().union(*(o.checks for o in self.overrides.get(rollout, []) if now < o.until))
+
+    # -- what the deployer sees --------------------------------------------------------------
+    def triggered(self, request: TriggerRequest) -> None:
+        """Judge a trigger as it happens, then count it as running."""
+        if request.check_mode:
+            self.dry_runs += 1
+            return
+        rollout = self.advancing or request.key.rsplit("/", 2)[0]
+        made = WorldDeployment(len(self.deployments) + 1, request.key, rollout, request.version,
+                               tuple(request.environments), request.rollback, self.clock.now())
+        self.say(f"triggered {made} by rollout {rollout}")
+        for env in made.environments:
+            self._one_at_a_time(made, env)
+            self._version_order(made, env)
+            if env in self.protected:
+                self._checks_hold(made, env)
+        self.deployments.append(made)
+
+    def canceled(self, key: str) -> None:
+        for made in self.deployments:
+            if made.key == key and made.running:
+                made.ended = "canceled"
+                self.say(f"canceled {made}")
+
+    def _violation(self, invariant: GateInvariant, made: WorldDeployment, env: str,
+                   detail: str) -> GateViolation:
+        violation = GateViolation(invariant, made.rollout, env, f"triggered {made}: {detail}", self.history)
+        self.violations.append(violation)
+        return violation
+
+    # The invariants, one raise site each (hypothesis tells failures apart by where they raise).
+    def _one_at_a_time(self, made: WorldDeployment, env: str) -> None:
+        others = self.running(env)
+        if others:
+            raise self._violation(GateInvariant.ONE_DEPLOYMENT_PER_ENVIRONMENT, made, env,
+                           f"{env} still runs {'; '.join(map(str, others))}")
+
+    def _version_order(self, made: WorldDeployment, env: str) -> None:
+        newest = self.newest(env)
+        if not made.rollback:
+            if newest is not None and self.version_key(made.version) < self.version_key(newest):
+                raise self._violation(GateInvariant.NEVER_OLDER_OVER_NEWER, made, env,
+                               f"{newest} already succeeded in {env}, and this is no rollback")
+            return
+        asked = self.rollbacks.get(made.rollout)
+        if asked != env or self.versions.get(made.rollout) != made.version:
+            raise self._violation(GateInvariant.NEVER_OLDER_OVER_NEWER, made, env,
+                           "a rollback no rule asked for (rollout "
+                           f"{made.rollout} was asked to roll back {asked or 'nothing'})")
+        if made.version not in self.succeeded.get(env, []):
+            raise self._violation(GateInvariant.NEVER_OLDER_OVER_NEWER, made, env,
+                           f"a rollback to {made.version}, which never succeeded in {env}")
+
+    def _checks_hold(self, made: WorldDeployment, env: str) -> None:
+        failing = self.failing(env, rollback=made.rollback)
+        if ENVIRONMENT_LOCK in failing:
+            raise self._violation(GateInvariant.PROTECTED_ONLY_WHEN_CHECKS_PASS, made, env,
+                           f"{env} is locked ({ENVIRONMENT_LOCK} fails, and no override covers a lock)")
+        uncovered = failing - self.covered(made.rollout)
+        if uncovered:
+            live = [f"{sorted(o.checks)} by {o.by} until t+{int(o.until - self.start)} s"
+                    for o in self.overrides.get(made.rollout, [])]
+            raise self._violation(GateInvariant.PROTECTED_ONLY_WHEN_CHECKS_PASS, made, env,
+                           f"{', '.join(sorted(uncovered))} failing, not covered (overrides of rollout "
+                           f"{made.rollout}: {'; '.join(live) or 'none'})")
+
+    # -- what the rules did -------------------------------------------------------------------
+    def finish(self, made: WorldDeployment, outcome: Outcome) -> None:
+        self.outcomes[made.key] = outcome
+        made.ended = "succeeded" if outcome is Outcome.SUCCEEDED else "failed"
+        if outcome is Outcome.SUCCEEDED:
+            for env in made.environments:
+                self.succeeded.setdefault(env, []).append(made.version)
+        self.say(f"finished {made}")
+
+
+class _WatchedDeployer(FakeDeployer):
+    """The fake deployer with the world watching: each trigger is judged before it is made, each
+    cancel of a running deployment ends it; a cancel of one that already ended changes nothing
+    (as a real deployer's does), and says how it ended."""
+
+    def __init__(self, world: GateWorld) -> None:
+        super().__init__(world.answer, clock=world.clock)
+        self.world = world
+
+    def trigger(self, request: TriggerRequest) -> Deployment:
+        self.world.triggered(request)
+        return super().trigger(request)
+
+    def cancel(self, deployment_id: str) -> Deployment:
+        made = self._get(deployment_id)
+        if self.world.outcomes.get(made.key) is not None and not made.request.check_mode:
+            return self.status(deployment_id)
+        self.world.canceled(made.key)
+        return super().cancel(deployment_id)
+
+
+_SECONDS = st.sampled_from([30, 300, 1800, 3600, 4 * 3600, 7 * 3600])
+_OVERRIDE_FOR = st.sampled_from([None, 60, 2 * 3600])
+_OVERRIDE = st.sampled_from([None, GATE_REASON])
+_LONGER = st.sampled_from([0, 1800, 3600])
+_GATE_WALK = st.integers(0, 12)
+_GATE_MOVES = st.integers(1, 8)
+
+
+class GateRules(RuleBasedStateMachine):
+    """Several rollouts of different versions, each with its own runner, over one store.
+
+    Use :func:`gate_rules` to get a runnable subclass for a spec.  The world (:class:`GateWorld`)
+    is the oracle; each trigger is judged as it happens, and the world once more after each rule.
+    """
+
+    fixed_spec: ClassVar[Spec | None] = None
+    versions: ClassVar[tuple[str, ...]] = DEFAULT_VERSIONS
+    check_names: ClassVar[tuple[str, ...]] = DEFAULT_CHECKS
+    strategy: ClassVar[Strategy] = Strategy(individual_deployments=True)
+    # Aborts may leave their deployments running (``--leave-running``), which still run then.
+    leave_running: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.fixed_spec is None:
+            raise RuntimeError("no spec: build the rules with gate_rules(spec)")
+        self.spec = self.fixed_spec
+        self.world = GateWorld(self.spec, self.strategy, self.check_names)
+        self.runners: dict[str, Runner] = {}
+        self._views: dict[str, RolloutView] = {}
+        self.operator = self.make_runner()
+
+    def make_runner(self) -> Runner:
+        world = self.world
+        return Runner(world.store, fake_backends(deployer=world.deployer, clock=world.clock),
+                      config=RunnerConfig(strategy=self.strategy), notifier=_Silent(), checks=world.checks)
+
+    def view(self, rollout: str) -> RolloutView:
+        """``rollout`` as its journal stands (for choosing what to do; the oracle never reads it)."""
+        store = self.world.store
+        known = self._views.get(rollout)
+        if known is None:
+            known = self.runners[rollout].view(rollout)
+        elif store.last_seq(rollout) != known.seq:
+            known = known.applied(store.read(rollout, after=known.seq))
+        self._views[rollout] = known
+        return known
+
+    def _pick(self, data: st.DataObject, *, active: bool = False) -> str | None:
+        names = sorted(self.runners)
+        if active:
+            names = [n for n in names if self.view(n).active]
+        return data.draw(st.sampled_from(names), label="rollout") if names else None
+
+    def _do(self, what: str, action: Callable[[], object]) -> bool:
+        """Carry out an operator's command as the CLI would: a refusal is an answer, not a failure."""
+        try:
+            action()
+        except DeploystateError as error:
+            self.world.say(f"{what}: refused ({str(error).splitlines()[0][:120]})")
+            return False
+        self.world.say(what)
+        return True
+
+    # -- rules -------------------------------------------------------------------------------
+    @initialize(data=st.data(), moves=_GATE_WALK)
+    def first_rollout(self, data: st.DataObject, moves: int) -> None:
+        """Some checks failing from the start, and the first rollout up to ``moves`` moves into a
+        walk towards done: every run starts somewhere different."""
+        for name in self.check_names:
+            if data.draw(st.booleans(), label=f"{name} fails at first"):
+                self.world.verdicts[name] = Verdict.FAILED
+                self.world.say(f"check {name} failed at first")
+        self.create(data, moves)
+
+    @rule(data=st.data(), moves=_GATE_WALK)
+    def create(self, data: st.DataObject, moves: int) -> None:
+        """A rollout of a version not created yet (older or newer than the others), up to ``moves``
+        moves into a walk towards done."""
+        fresh = [v for v in self.versions if v not in self.world.versions]
+        if not fresh:
+            return
+        version = data.draw(st.sampled_from(fresh), label="version")
+        if self.open_rollout(version):
+            self.walk(version, moves, data)
+
+    def open_rollout(self, version: str) -> bool:
+        """Create a rollout of ``version`` with a runner of its own; False if that was refused."""
+        runner = self.make_runner()
+        if not self._do(f"created rollout {version}", lambda: runner.create(version, self.spec)):
+            return False
+        self.runners[version] = runner
+        self.world.versions[version] = version
+        return True
+
+    @rule(data=st.data(), moves=_GATE_MOVES)
+    def walk_a_rollout(self, data: st.DataObject, moves: int) -> None:
+        """A few moves of a walk towards done on one rollout (see :meth:`walk`)."""
+        rollout = self._pick(data, active=True)
+        if rollout is not None:
+            self.walk(rollout, moves, data)
+
+    def walk(self, rollout: str, moves: int, data: st.DataObject) -> None:
+        """Moves that take ``rollout`` towards done, each an ordinary rule's action: its running
+        deployment succeeds (or the walk ends, leaving it running), a person promotes it (overriding
+        failing checks, or not), its bake is skipped or waited out; its runner makes a pass after each."""
+        runner = self.runners[rollout]
+        for _ in range(moves):
+            view = self.view(rollout)
+            if not view.active:
+                return
+            mine = [d for d in self.world.running() if d.rollout == rollout]
+            running = {view.spec.step(s).kind for s, state in view.steps.items()
+                       if state.phase is Phase.RUNNING}
+            if mine:
+                if not data.draw(st.booleans(), label="its deployment succeeds"):
+                    return  # it goes on running, for the other rollouts to meet
+                self.world.finish(mine[0], Outcome.SUCCEEDED)
+            elif StepKind.PROMOTION in running:
+                failing = bool(self.world.failing_for(rollout))
+                self._promote(rollout, data.draw(_OVERRIDE, label="override") if failing else None,
+                              data.draw(_OVERRIDE_FOR, label="for_s") if failing else None)
+            elif StepKind.BAKE in running:
+                if data.draw(st.booleans(), label="skip the bake"):
+                    self._do(f"skipped the bake of {rollout}",
+                             lambda: runner.skip_bake(rollout, GATE_ACTOR, "urgent fix"))
+                else:  # waited out, and maybe longer (an override made at the promotion may expire)
+                    longest = max(s.duration_s or 0 for s in view.spec.steps if s.kind is StepKind.BAKE)
+                    self.time_passes(longest + data.draw(_LONGER, label="and then"))
+            self.advance_once(rollout)
+
+    def advance_once(self, rollout: str) -> None:
+        """One ``runner.advance`` of ``rollout``; a refusal is said, as the CLI would."""
+        self.world.advancing = rollout
+        try:
+            self._views[rollout], _ = self.runners[rollout].advance(rollout, self.view(rollout))
+        except DeploystateError as error:
+            self.world.say(f"advance {rollout}: {str(error).splitlines()[0][:120]}")
+        finally:
+            self.world.advancing = None
+
+    @rule(data=st.data())
+    def advance(self, data: st.DataObject) -> None:
+        """One pass of a rollout's runner: it decides and acts until nothing more can be done now."""
+        rollout = self._pick(data)
+        if rollout is not None:
+            self.advance_once(rollout)
+
+    @rule(data=st.data())
+    def advance_every_rollout(self, data: st.DataObject) -> None:
+        """One pass of each runner, in an order drawn (as if they ran side by side)."""
+        for rollout in data.draw(st.permutations(sorted(self.runners)), label="order"):
+            self.advance_once(rollout)
+
+    @rule(data=st.data(), outcome=st.sampled_from([Outcome.SUCCEEDED, Outcome.SUCCEEDED, Outcome.FAILED]))
+    def finish_a_deployment(self, data: st.DataObject, outcome: Outcome) -> None:
+        """A running deployment ends out there, succeeded or failed; its runner learns it when it looks."""
+        running = self.world.running()
+        if running:
+            made = data.draw(st.sampled_from(running), label="deployment")
+            self.world.finish(made, outcome)
+
+    @rule(data=st.data())
+    def toggle_a_check(self, data: st.DataObject) -> None:
+        """A production check starts failing, or passes again."""
+        if not self.check_names:
+            return
+        name = data.draw(st.sampled_from(self.check_names), label="check")
+        verdicts = self.world.verdicts
+        verdicts[name] = Verdict.FAILED if verdicts[name] is Verdict.PASSED else Verdict.PASSED
+        self.world.say(f"check {name} now {verdicts[name].value}")
+
+    @rule(data=st.data(), override=st.sampled_from([None, GATE_REASON]), for_s=_OVERRIDE_FOR)
+    def promote(self, data: st.DataObject, override: str | None, for_s: int | None) -> None:
+        """A person promotes, overriding the failing checks or not (a refusal is fine)."""
+        rollout = self._pick(data, active=True)
+        if rollout is not None:
+            self._promote(rollout, override, for_s)
+
+    def _promote(self, rollout: str, override: str | None, for_s: int | None) -> None:
+        failing = self.world.failing_for(rollout)
+        until = self.world.clock.now() + (self.operator.config.override_s if for_s is None else for_s)
+        what = f"promoted {rollout}" + (f" overriding for {for_s or 'the default'} s" if override else "")
+        done = self._do(what, lambda: self.runners[rollout].promote(
+            rollout, GATE_ACTOR, override=override, override_for_s=for_s))
+        if done and override is not None and failing - {ENVIRONMENT_LOCK}:
+            self._overridden(rollout, failing, until)
+
+    @rule(data=st.data(), for_s=_OVERRIDE_FOR)
+    def override(self, data: st.DataObject, for_s: int | None) -> None:
+        """A person overrides the checks failing now for a rollout (a refusal is fine)."""
+        rollout = self._pick(data, active=True)
+        if rollout is None:
+            return
+        failing = self.world.failing_for(rollout)
+        until = self.world.clock.now() + (self.operator.config.override_s if for_s is None else for_s)
+        if self._do(f"override for {rollout}", lambda: self.runners[rollout].override(
+                rollout, GATE_ACTOR, GATE_REASON, for_s=for_s)):
+            self._overridden(rollout, failing, until)
+
+    def _overridden(self, rollout: str, failing: frozenset[str], until: float) -> None:
+        checks = failing - {ENVIRONMENT_LOCK}
+        self.world.overrides.setdefault(rollout, []).append(WorldOverride(checks, until, GATE_ACTOR))
+        since = int(until - self.world.start)
+        self.world.say(f"override of {sorted(checks)} for {rollout} until t+{since} s")
+
+    @rule(data=st.data())
+    def lock_or_unlock(self, data: st.DataObject) -> None:
+        """An environment is locked, or unlocked if it was."""
+        if not self.world.environments:
+            return
+        env = data.draw(st.sampled_from(self.world.environments), label="environment")
+        if self.world.locked[env]:
+            if self._do(f"unlocked {env}", lambda: self.operator.unlock(env, "sre")):
+                self.world.locked[env] = False
+        elif self._do(f"locked {env}", lambda: self.operator.lock(env, "sre", "maintenance")):
+            self.world.locked[env] = True
+
+    @rule(data=st.data(), moves=_GATE_WALK)
+    def roll_back(self, data: st.DataObject, moves: int) -> None:
+        """A rollback of an environment to a version that succeeded there (or, now and then, to one
+        that did not: refused)."""
+        if not self.world.environments:
+            return
+        env = data.draw(st.sampled_from(self.world.environments), label="environment")
+        succeeded = sorted(set(self.world.succeeded[env]), key=natural_key)
+        there = bool(succeeded) and data.draw(st.booleans(), label="one that succeeded there")
+        pool: Sequence[str] = succeeded if there else self.versions
+        version = data.draw(st.sampled_from(pool), label="version")
+        made: list[str] = []
+
+        def roll_back() -> None:
+            made.append(self.operator.rollback(env, version, GATE_ACTOR, "it breaks sign-in",
+                                               rollback_spec(env)).rollout_id)
+
+        if self._do(f"rollback of {env} to {version}", roll_back):
+            rollout = made[0]
+            self.runners[rollout] = self.make_runner()
+            self.world.versions[rollout] = version
+            self.world.rollbacks[rollout] = env
+            self.world.say(f"rollback rollout {rollout} created")
+            self.walk(rollout, moves, data)
+
+    @rule(data=st.data(), leave_running=st.booleans())
+    def abort(self, data: st.DataObject, leave_running: bool) -> None:
+        """A person aborts a rollout, having its deployments canceled or leaving them running."""
+        rollout = self._pick(data, active=True)
+        leave_running = leave_running and self.leave_running
+        if rollout is not None:
+            self._do(f"aborted {rollout}" + (" leaving its deployments running" if leave_running else ""),
+                     lambda: self.runners[rollout].abort(rollout, GATE_ACTOR, "wrong package",
+                                                         leave_running=leave_running))
+
+    @rule(data=st.data(), cancel_running=st.booleans())
+    def retry(self, data: st.DataObject, cancel_running: bool) -> None:
+        """A person retries a failed step, canceling its deployment if it still runs, or not."""
+        rollout = self._pick(data, active=True)
+        if rollout is None:
+            return
+        view = self.view(rollout)
+        failed = [s for s, state in view.steps.items() if state.phase is Phase.FAILED]
+        if failed:
+            step = data.draw(st.sampled_from(failed), label="step")
+            self._do(f"retried {rollout} {step}", lambda: self.runners[rollout].retry(
+                rollout, step, GATE_ACTOR, cancel_running=cancel_running))
+
+    @rule(data=st.data())
+    def skip_bake(self, data: st.DataObject) -> None:
+        """A person skips a running bake."""
+        rollout = self._pick(data, active=True)
+        if rollout is not None:
+            self._do(f"skipped the bake of {rollout}", lambda: self.runners[rollout].skip_bake(
+                rollout, GATE_ACTOR, "urgent fix"))
+
+    @rule(seconds=_SECONDS)
+    def time_passes(self, seconds: int) -> None:
+        """The clock moves on: bakes end, overrides expire, waits time out."""
+        self.world.clock.advance(seconds)
+        self.world.say(f"{seconds} s passed")
+
+    # -- after each rule ------------------------------------------------------------------------
+    @invariant()
+    def the_world_agrees(self) -> None:
+        """After each rule: no violation was swallowed, every trigger was seen, and no environment
+        runs two deployments."""
+        world = self.world
+        if world.violations:
+            raise world.violations[0]  # raised at the trigger, yet caught on the way out
+        seen = len(world.deployments) + world.dry_runs
+        made = len(world.deployer.triggers())
+        if made != seen:
+            raise AssertionError(f"the deployer received {made} triggers, the world saw {seen}: "
+                                 "something triggered around the watched deployer")
+        for env in world.environments:
+            running = world.running(env)
+            if len(running) > 1:
+                raise GateViolation(GateInvariant.ONE_DEPLOYMENT_PER_ENVIRONMENT, running[-1].rollout, env,
+                                    f"{env} runs {'; '.join(map(str, running))} at once", world.history)
+
+    def teardown(self) -> None:
+        world = getattr(self, "world", None)
+        if world is None:
+            return
+        for made in world.deployments:
+            if made.rollback:
+                event("a rollback was triggered")
+            if set(made.environments) & world.protected:
+                event("a protected deployment was triggered")
+        if any(world.overrides.values()):
+            event("an override was made")
+
+
+def gate_rules(spec: Spec | None = None, *, versions: Sequence[str] = DEFAULT_VERSIONS,
+               checks: Sequence[str] = DEFAULT_CHECKS, strategy: Strategy | None = None,
+               leave_running: bool = True, name: str | None = None) -> type[GateRules]:
+    """The gate's rules for ``spec`` (default: the seed spec) as a runnable hypothesis state machine.
+
+    ``versions``: the pool rollouts are made of, oldest first by the backend's version order;
+    ``checks``: the names of the production checks the rules fail and pass (the core's
+    ``environment_lock`` is always there too); ``strategy``: the rollout plan (default: the
+    individual deployments are the real path); ``leave_running``: whether aborts may leave their
+    deployments running (they then still run in the world).  Run ``.TestCase`` in a test module::
+
+        TestGate = gate_rules().TestCase
+    """
+    spec = spec or default_spec()
+    ordered = sorted(versions, key=natural_key)
+    if list(versions) != ordered or len(set(versions)) != len(versions) or not versions:
+        raise ValueError(f"versions must be distinct and oldest first, got {list(versions)}")
+    namespace: dict[str, Any] = {
+        "fixed_spec": spec, "versions": tuple(versions), "check_names": tuple(checks),
+        "strategy": strategy or Strategy(individual_deployments=True), "leave_running": leave_running,
+        "__doc__": f"Gate rules for spec {spec.name!r}: several rollouts over one store.",
+    }
+    base = "".join(part.title() for part in spec.name.replace("-", "_").split("_")) or "Spec"
+    return type(name or f"{base}Gate", (GateRules,), namespace)

@@ -17,6 +17,7 @@ CI=true a missing gitlab-ci-local, node, rsync or git fails these tests; elsewhe
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -29,7 +30,14 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from deploystate_backends.gitlab_standin import AcceleratedClock, Standin, World, seed_package_builds
+from deploystate_backends.gitlab_standin import (
+    DEPLOYER,
+    AcceleratedClock,
+    Standin,
+    Timing,
+    World,
+    seed_package_builds,
+)
 from test_step_command import (
     EVERY_ENVIRONMENT_ONCE,
     SPEED,
@@ -166,9 +174,9 @@ def test_the_readmes_parent_pipeline_runs_the_child_pipeline_to_production(tools
     assert triggered_by_environment(standin) == EVERY_ENVIRONMENT_ONCE
 
 
-def history(directory: Path) -> list[SimpleNamespace]:
+def history(directory: Path, version: str = VERSION) -> list[SimpleNamespace]:
     """The rollout's records as ``deploystate history --json`` gives them, whichever the store."""
-    shown = subprocess.run([sys.executable, "-m", "deploystate", "history", VERSION, "--json"], cwd=directory,
+    shown = subprocess.run([sys.executable, "-m", "deploystate", "history", version, "--json"], cwd=directory,
                            env=clean_env(**TOKENS), capture_output=True, text=True, timeout=60, check=False)
     assert shown.returncode == 0, shown.stderr
     return [SimpleNamespace(**record) for record in json.loads(shown.stdout)]
@@ -231,3 +239,92 @@ def test_a_trigger_job_killed_and_retried_triggers_once_and_the_promotion_waits_
     for step in ("trigger_gstg", "trigger_complete_deployment", "trigger_cny", "trigger_gprd"):
         assert len([r for r in journal if r.action == Action.TRIGGERED.value and r.step == step]) == 1
     assert triggered_by_environment(standin) == EVERY_ENVIRONMENT_ONCE
+
+
+PAIR_SPEC = """name = "pair"
+[[steps]]
+name = "tag"
+kind = "tag"
+[[steps]]
+name = "wait_cng"
+kind = "package_wait"
+package = "cng"
+needs = ["tag"]
+[[steps]]
+name = "trigger_gstg"
+kind = "deployment"
+environment = "gstg"
+needs = ["wait_cng"]
+[[steps]]
+name = "trigger_cny"
+kind = "deployment"
+environment = "gprd-cny"
+needs = ["trigger_gstg"]
+"""
+
+
+def test_two_rollouts_child_pipelines_at_once_never_deploy_one_environment_at_once(tools, fast_standin,
+                                                                                  tmp_path):
+    """What ``resource_group`` does in GitLab (one job of a group at a time, across pipelines),
+    which gitlab-ci-local does not implement: two versions' pipelines run side by side here, and
+    deploystate's own claims in the shared journal keep each environment to one deployment at a
+    time, the older version superseded wherever the newer got first."""
+    standin, anchor = fast_standin
+    versions = (VERSION, "13.10.202103011320")
+    seed_package_builds(standin.world, versions[1])
+    # Staging takes five hours (3 s here), so both pipelines' staging jobs surely meet.
+    standin.world.script(DEPLOYER.path, "gstg", timing=Timing(running_s=5 * 3600))
+    store = str(tmp_path / "journal.sqlite")
+    # Per-environment deployments are the real path (so they claim their environments), and a wait
+    # limit long enough for a deployment queued behind the other's.
+    config = config_text(standin, anchor, store).replace(
+        "check_mode_everywhere = true", "check_mode_everywhere = true\nindividual_deployments = true"
+    ) + "\n[limits]\ndeployment_wait_minutes = 1440\n"
+    projects = []
+    for version in versions:
+        directory = repository(tmp_path / version, {"deploystate.toml": config, "pair.toml": PAIR_SPEC})
+        made = subprocess.run([sys.executable, "-m", "deploystate", "start", version, "--spec", "pair.toml"],
+                              cwd=directory, env=clean_env(**TOKENS), capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        made = subprocess.run([sys.executable, "-m", "deploystate", "ci", "generate", version, "--spec",
+                               "pair.toml", "--output", ".gitlab-ci.yml"], cwd=directory, env=clean_env(),
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        child = yaml.safe_load((directory / ".gitlab-ci.yml").read_text())
+        assert child["trigger_gstg"]["resource_group"] == "gstg"
+        git(directory, "add", ".gitlab-ci.yml")
+        git(directory, "commit", "-q", "-m", "child pipeline")
+        projects.append(directory)
+
+    env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("CI", None)
+    running = [subprocess.Popen(["gitlab-ci-local", "--no-color"], cwd=directory, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for directory in projects]
+    outputs = [process.communicate(timeout=600)[0] for process in running]
+
+    for process, output in zip(running, outputs, strict=True):
+        assert process.returncode == 0, output
+        assert set(results(output).values()) == {"PASS"}, output
+    deployments = [p for p in standin.world.pipelines(DEPLOYER) if p.source == "trigger"]
+    for environment in ("gstg", "gprd-cny"):
+        there = sorted((p for p in deployments if p.variable("DEPLOY_ENVIRONMENT") == environment),
+                       key=lambda p: p.created_at)
+        assert there, f"nothing deployed {environment}"
+        for first, then in itertools.pairwise(there):
+            assert first.finished_at is not None and first.finished_at <= then.created_at, \
+                f"two deployments of {environment} at once: {first.id} and {then.id}"
+        # Never an older version after a newer one.
+        order = [next(v for v in versions if (p.variable("DEPLOY_VERSION") or "").startswith(v))
+                 for p in there]
+        assert order == sorted(order), order
+    newer = history(projects[1], versions[1])
+    assert [r for r in newer if r.action == Action.FINISH.value]  # the newer version always finishes
+    older = history(projects[0], versions[0])
+    # They met at staging: one waited for the other's deployment there to end ("gstg is busy: ..."), or
+    # the older was superseded because the newer got there first (then only the newer deploys).
+    met = [r for r in older + newer if r.action == "superseded"
+           or (r.action == "observed" and "is busy" in str(r.data.get("message")))]
+    assert met, [(r.action, r.step) for r in older + newer]
+    # The older one finished too, or was superseded where the newer got first (its jobs then pass).
+    assert [r for r in older if r.action in (Action.FINISH.value, "superseded")], [r.action for r in older]

@@ -331,6 +331,7 @@ class Runner:
         step = operator.resolve_target(view.spec, target)
         state = view.steps[step.name]
         canceled: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
         if view.active and state.phase is Phase.FAILED and state.deployment_id is not None:
             current = self._outside(lambda: self.backends.deployer.status(state.deployment_id or ""),
                                     f"cannot tell whether {step.name}'s pipeline {state.deployment_id} "
@@ -347,9 +348,17 @@ class Runner:
                 canceled.append({"deployment_id": current.id,
                                  "status": after.status if after is not None else "canceled", "by": by,
                                  "reason": "retry"})
+            elif current is not None and current.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+                # It ended out there after we gave up on it: kept, so its environment's release says
+                # how it really ended (a success there counts for the version order).
+                ended.append({"deployment_id": current.id, "status": current.status,
+                              "ended": current.outcome.value, "severity": "info",
+                              "message": f"pipeline {current.id} ended {current.status} out there before "
+                                         "this retry"})
 
         def facts(now: float) -> list[Entry]:
-            return [Entry(Action.CANCELED.value, now, by, step.name, data) for data in canceled]
+            return [*(Entry(Action.OBSERVED.value, now, by, step.name, data) for data in ended),
+                    *(Entry(Action.CANCELED.value, now, by, step.name, data) for data in canceled)]
 
         try:
             return self._operate(rollout_id,
@@ -519,10 +528,20 @@ class Runner:
         return view, Decision(wake_at=self.clock.now())  # a long pass: look again at once
 
     def _environments(self, view: RolloutView) -> dict[str, EnvironmentView]:
-        """The journals of the environments ``view``'s real deployments go to, as they stand."""
-        names = sorted({env for name in view.strategy.real_steps(view.spec)
-                        for env in view.spec.step(name).targets})
-        return {name: self.environment(name) for name in names}
+        """The journals of the environments ``view``'s real deployments go to.
+
+        Read again only where a step is about to claim (or waits for) an environment: the others
+        are as this runner last read or wrote them.  Stale is safe there: what is decided on them
+        (a release) is appended with the sequence number expected, and a conflict reads again."""
+        real = [view.spec.step(name) for name in view.strategy.real_steps(view.spec)]
+        wanting = {env for step in real for env in step.targets
+                   if view.steps[step.name].phase is Phase.RUNNING
+                   and view.steps[step.name].deployment_id is None}
+        found: dict[str, EnvironmentView] = {}
+        for name in sorted({env for step in real for env in step.targets}):
+            known = self._environments_read.get(name)
+            found[name] = self.environment(name) if known is None or name in wanting else known
+        return found
 
     def _append_environments(self, decision: Decision, environments: dict[str, EnvironmentView]) -> bool:
         """Append a decision's environment records; False (and ``environments`` read again) if

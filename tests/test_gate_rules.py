@@ -120,8 +120,9 @@ def test_gate_rules_want_an_ordered_pool() -> None:
 # -- what the rules found in the gate itself --------------------------------------------------------
 # Short runs of the rules' world, each a gap the rules found in the gate: a GateViolation names the
 # invariant and lists what the world saw.  An abort leaving its deployment running gave the environment
-# back at once, and an abort after a success nobody had seen yet lost that success (both since fixed:
-# kept here so they stay fixed).  A retry after a success nobody had seen yet still loses it.
+# back at once; an abort, or a retry, after a success nobody had seen yet lost that success (all since
+# fixed: kept here so they stay fixed).  Still open: an abort leaving a *timed-out* deployment running
+# gives its environment back at once.
 
 NEW, OLD = "13.10.202103011600", "13.10.202103011200"
 
@@ -131,6 +132,18 @@ def test_an_abort_that_leaves_its_deployment_running_keeps_its_environment() -> 
     rules.open_rollout(NEW)
     rules.advance_once(NEW)  # NEW triggers staging; it runs
     rules.runners[NEW].abort(NEW, "amy", "wrong package", leave_running=True)  # it still runs out there
+    rules.open_rollout(OLD)
+    rules.advance_once(OLD)  # must not trigger staging while NEW's deployment runs there
+    assert [d.rollout for d in rules.world.running()] == [NEW]
+
+
+def test_an_abort_that_leaves_a_timed_out_deployment_running_keeps_its_environment() -> None:
+    rules = gate_rules()()
+    rules.open_rollout(NEW)
+    rules.advance_once(NEW)
+    rules.world.clock.advance(8 * 3600)
+    rules.advance_once(NEW)  # staging timed out: failed here, still running out there
+    rules.runners[NEW].abort(NEW, "amy", "wrong package", leave_running=True)
     rules.open_rollout(OLD)
     rules.advance_once(OLD)  # must not trigger staging while NEW's deployment runs there
     assert [d.rollout for d in rules.world.running()] == [NEW]

@@ -56,7 +56,7 @@ from typing import Any
 
 from deploystate import registry, simulation
 from deploystate.config import RunnerConfig
-from deploystate.journal import Entry
+from deploystate.journal import Entry, Record
 from deploystate.notices import FanOut
 from deploystate.ports import Store, Summary
 from deploystate.runner import Runner
@@ -344,9 +344,18 @@ def set_up(journals: Any, count: int) -> str:
             data = None if summary is None else renamed(summary.data, original, version)
             big.append(version, 0, entries, summary=data)
         for name, kept in env_records.items():
-            big.env_append(name, 0, [Entry(r.action, r.at, r.actor, r.step,
-                                           renamed(r.data, original, version))
-                                     for version in copies for r in kept])
+            copied = [Entry(r.action, r.at, r.actor, r.step, renamed(r.data, original, version))
+                      for version in copies for r in kept]
+            # With the summary the product keeps beside each environment's journal (if it has one).
+            env_summary = None
+            if hasattr(big, "env_summary"):
+                from deploystate import environments
+
+                after = environments.environment_view(name, [
+                    Record(name, i + 1, e.action, e.at, e.actor, e.step, e.data)
+                    for i, e in enumerate(copied)])
+                env_summary = environments.summary_of(after)
+            big.env_append(name, 0, copied, **({"summary": env_summary} if env_summary else {}))
         stored = big.summaries()
     env_count = sum(len(kept) for kept in env_records.values()) * count
     print(f"  environments' journals: {env_count:,} records in {len(env_records)} environments")

@@ -610,7 +610,8 @@ class _Decider:
     def _left_running(self, step: Step, state: StepState) -> bool:
         """A deployment an abort left running, whose end is not known yet: its environment stays
         held until it ends, so it is watched (by whichever runner drives the rollout still)."""
-        return (self.view.leave_running and state.phase is Phase.RUNNING and state.deployment_id is not None
+        still = state.phase is Phase.RUNNING or (state.phase is Phase.FAILED and state.timed_out)
+        return (self.view.leave_running and still and state.deployment_id is not None
                 and state.outside_outcome is None and step.name in self.real)
 
     def _watch_left_running(self, step: Step, state: StepState, seen: Seen | None) -> None:

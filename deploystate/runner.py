@@ -454,7 +454,7 @@ class Runner:
                     return RunResult(view, Stop.PAUSED, "stopped after the allowed number of wake-ups")
                 wakeups += 1
                 self.checkpoint("before-sleep")
-                self._sleep_until(decision.wake_at, view)
+                self.sleep_until(decision.wake_at, view)
 
     def run_step(self, rollout_id: str, step: str, *, max_wakeups: int | None = None) -> RunResult:
         """Advance one named step (starting it if it is ready) until it ends or needs a person.
@@ -468,14 +468,14 @@ class Runner:
             view: RolloutView | None = None
             while True:
                 view, decision = self.advance(rollout_id, view, step=step)
-                result = _step_result(view, step, decision)
+                result = step_result(view, step, decision)
                 if result is not None:
                     return result
                 if max_wakeups is not None and wakeups >= max_wakeups:
                     return RunResult(view, Stop.PAUSED, "stopped after the allowed number of wake-ups")
                 wakeups += 1
                 self.checkpoint("before-sleep")
-                self._sleep_until(decision.wake_at, view)
+                self.sleep_until(decision.wake_at, view)
 
     def advance(self, rollout_id: str, view: RolloutView | None = None, *,
                 step: str | None = None) -> tuple[RolloutView, Decision]:
@@ -578,7 +578,7 @@ class Runner:
                 return at if wake_at is None else min(at, wake_at)
         return wake_at
 
-    def _sleep_until(self, wake_at: float | None, view: RolloutView) -> None:
+    def sleep_until(self, wake_at: float | None, view: RolloutView) -> None:
         """Sleep until ``wake_at``, or until someone writes to the rollout (promote, skip-bake...).
 
         A clock that can be woken (a real one) is woken when the journal says the rollout changed,
@@ -676,8 +676,9 @@ def _promotion_attempt(view: RolloutView) -> int:
     return max(attempts, default=0)
 
 
-def _step_result(view: RolloutView, step: str, decision: Decision) -> RunResult | None:
-    """How ``run_step`` ends after ``decision``, or None while the step may still move by itself."""
+def step_result(view: RolloutView, step: str, decision: Decision) -> RunResult | None:
+    """How a one-step run ends after ``decision``, or None while the step may still move by itself
+    (:meth:`Runner.run_step`, and ``deploystate step``, which holds the rollout one pass at a time)."""
     if not decision.idle:
         return None
     state = view.steps[step]

@@ -100,17 +100,17 @@ def run(args: argparse.Namespace) -> int:
 
 def advance_step(runner: Runner, rollout_id: str, step: str) -> RunResult:
     """``Runner.run_step``, holding the rollout only for each pass (see the module's docstring)."""
-    from deploystate.runner import _step_result
+    from deploystate.runner import step_result
 
     view = None
     while True:
         with _holding(runner.store, rollout_id):
             view, decision = runner.advance(rollout_id, view, step=step)
-        result = _step_result(view, step, decision)
+        result = step_result(view, step, decision)
         if result is not None:
             return result
         runner.checkpoint("before-sleep")
-        runner._sleep_until(decision.wake_at, view)
+        runner.sleep_until(decision.wake_at, view)
 
 
 def _finished(runner: Runner, rollout_id: str, step: str, result: RunResult) -> RunResult:
@@ -119,14 +119,14 @@ def _finished(runner: Runner, rollout_id: str, step: str, result: RunResult) -> 
     Only a whole-rollout pass records that; one is made when nothing is left that it could start
     (every real step succeeded and every dry run is over), so it starts nothing of another job's.
     """
-    from deploystate.runner import RunResult, _step_result
+    from deploystate.runner import RunResult, step_result
 
     view = runner.view(rollout_id)
     if not view.can_finish() or view.ready_steps:
         return result
     with _holding(runner.store, rollout_id):
         view, decision = runner.advance(rollout_id, view)
-    ended = _step_result(view, step, decision)
+    ended = step_result(view, step, decision)
     return result if ended is None else RunResult(view, result.stop, ended.message)
 
 

@@ -119,6 +119,12 @@ def checks(args: argparse.Namespace) -> int:
 def lock(args: argparse.Namespace) -> int:
     by = cli._actor(args.by)
     reason = cli._text(args.reason, "--reason")
+    # A typo must not lock nothing while everyone thinks production is locked.
+    config = cli._config(args)
+    known = sorted({env for step in cli._spec(config.spec).steps for env in step.targets})
+    if args.environment not in known:
+        raise cli.UsageError(f"spec {config.spec!r} deploys no environment {args.environment!r}; "
+                             f"environments: {', '.join(known)}; nothing was locked")
     with _gate(args, create=True) as (runner, _store, _backends, _config):
         view = runner.lock(args.environment, by, reason)
     running = f"; {view.holder.version} still deploys there (it goes on)" if view.holder else ""

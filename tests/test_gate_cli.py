@@ -83,6 +83,8 @@ def test_a_locked_environment_waits_and_the_lock_shows_in_status(
                          "--store", store)
     assert code == 0, err
     assert run(capsys, "lock", "gprd", "--by", "sre", "--reason", "again", "--store", store)[0] == 2
+    code, _, err = run(capsys, "lock", "gprdd", "--by", "sre", "--reason", "typo", "--store", store)
+    assert code == 2 and "no environment 'gprdd'" in err and "gprd-cny" in err
     code, out, _ = run(capsys, "status", "--store", store)
     assert "gprd: LOCKED by sre" in out and "database failover" in out
     code, out, _ = run(capsys, "simulate", NEW, "--store", store, "--no-auto-promote")
@@ -117,6 +119,15 @@ def test_a_rollback_on_purpose_and_its_refusals(store: str, capsys: pytest.Captu
     assert isinstance(checked, dict)
     verdicts = {r["name"]: r["verdict"] for r in checked["results"]}  # type: ignore[union-attr]
     assert verdicts["environment_lock"] == "passed" and verdicts["active_incidents"] == "skipped"
+
+
+def test_a_lock_of_an_unknown_environment_is_refused_before_any_journal_is_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fresh = tmp_path / "fresh.sqlite"
+    code, _, err = run(capsys, "lock", "prod", "--by", "sre", "--reason", "typo", "--store", str(fresh))
+    assert code == 2 and "deploys no environment 'prod'" in err
+    assert not fresh.exists()
 
 
 def test_bad_durations_and_empty_reasons_are_refused(store: str, capsys: pytest.CaptureFixture[str]) -> None:

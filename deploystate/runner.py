@@ -348,7 +348,8 @@ class Runner:
                 canceled.append({"deployment_id": current.id,
                                  "status": after.status if after is not None else "canceled", "by": by,
                                  "reason": "retry"})
-            elif current is not None and current.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+            elif current is not None and (current.outcome is Outcome.SUCCEEDED
+                                          or (state.timed_out and current.outcome is Outcome.FAILED)):
                 # It ended out there after we gave up on it: kept, so its environment's release says
                 # how it really ended (a success there counts for the version order).
                 ended.append({"deployment_id": current.id, "status": current.status,

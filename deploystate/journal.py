@@ -363,3 +363,35 @@ def unknown(rollout_id: str, known: Sequence[str]) -> UnknownRollout:
 def busy(rollout_id: str) -> RolloutBusy:
     return RolloutBusy(f"rollout {rollout_id} is being run by another process; nothing was done. "
                        "Wait for it to stop, or check it with 'deploystate status'")
+
+
+# -- what every store's check() shares ----------------------------------------------------------
+
+MOST_PROBLEMS = 100  # of one kind, in a store's check() answer
+
+
+class ProblemList:
+    """Collects problems of one kind into ``problems``, at most ``MOST_PROBLEMS`` of them."""
+
+    def __init__(self, problems: list[str], kind: str) -> None:
+        self.problems, self.kind, self.count = problems, kind, 0
+
+    def add(self, problem: str) -> None:
+        self.count += 1
+        if self.count <= MOST_PROBLEMS:
+            self.problems.append(problem)
+
+    def close(self) -> None:
+        if self.count > MOST_PROBLEMS:
+            self.problems.append(f"... and {self.count - MOST_PROBLEMS} more {self.kind}")
+
+
+def json_object(text: object) -> dict[str, Any] | None:
+    """``text`` decoded if it is the text of a JSON object, else None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

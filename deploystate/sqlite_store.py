@@ -61,10 +61,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from deploystate.journal import (
+    MOST_PROBLEMS,
     Entry,
     JournalCorrupt,
     JournalError,
     JournalReadOnly,
+    ProblemList,
     Record,
     Summary,
     beyond_last,
@@ -74,6 +76,7 @@ from deploystate.journal import (
     check_rollout_id,
     conflict,
     env_conflict,
+    json_object,
     summary_text,
     unknown,
 )
@@ -81,7 +84,6 @@ from deploystate.journal import (
 APPLICATION_ID = 0x64736A6C  # "dsjl"
 SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_MOST_PROBLEMS = 100  # of one kind, in check()'s answer
 
 _RECORDS_TABLE = """
 CREATE TABLE records (
@@ -486,7 +488,7 @@ class SQLiteStore:
             if summary_seq is None or text is None:
                 result[rollout_id] = (last, None)
                 continue
-            data = _json_object(text)
+            data = json_object(text)
             if data is None:
                 raise JournalCorrupt(f"{self.path}: the summary of rollout {rollout_id} is damaged (not "
                                      "a JSON object); restore the journal from a backup")
@@ -494,7 +496,7 @@ class SQLiteStore:
         return result
 
     def _record(self, row: _Row, of: str = "rollout") -> Record:
-        data = _json_object(row[6])
+        data = json_object(row[6])
         if data is None:
             raise JournalCorrupt(f"{self.path}: record {row[1]} of {of} {row[0]} is damaged "
                                  "(data is not JSON); restore the journal from a backup")
@@ -533,7 +535,7 @@ class SQLiteStore:
                                    (environment,)).fetchone()
         if row is None:
             return None
-        data = _json_object(row[1])
+        data = json_object(row[1])
         return None if data is None else Summary(row[0], data)  # unreadable: replay from record 1
 
     def env_read(self, environment: str, after: int = 0) -> list[Record]:
@@ -685,7 +687,7 @@ class SQLiteStore:
         return problems
 
     def _check_sqlite(self, problems: list[str]) -> None:
-        found = [r[0] for r in self._db.execute(f"PRAGMA integrity_check({_MOST_PROBLEMS})")]
+        found = [r[0] for r in self._db.execute(f"PRAGMA integrity_check({MOST_PROBLEMS})")]
         if found != ["ok"]:
             problems += [f"SQLite integrity check: {text}" for text in found]
 
@@ -700,7 +702,7 @@ class SQLiteStore:
         rows = self._db.execute(
             f"SELECT {key}, COUNT(*), MIN(seq), MAX(seq) FROM {table} GROUP BY {key} "
             "HAVING MIN(seq) != 1 OR COUNT(*) != MAX(seq)")
-        listed = _Limited(problems, f"{kind}s with gaps in their records")
+        listed = ProblemList(problems, f"{kind}s with gaps in their records")
         for name, count, first, last in rows:
             missing = self._db.execute(
                 f"SELECT r.seq + 1 FROM {table} r WHERE r.{key} = ? AND r.seq < ? AND NOT EXISTS "
@@ -712,7 +714,7 @@ class SQLiteStore:
         listed.close()
 
     def _check_deliveries(self, problems: list[str]) -> None:
-        listed = _Limited(problems, "delivery positions that name no record")
+        listed = ProblemList(problems, "delivery positions that name no record")
         for rollout_id, notifier, seq, last in self._db.execute(
                 "SELECT d.rollout_id, d.notifier, d.seq, o.last_seq FROM deliveries d "
                 "LEFT JOIN rollouts o ON o.rollout_id = d.rollout_id "
@@ -731,7 +733,7 @@ class SQLiteStore:
 
     def _check_rollouts_table(self, problems: list[str]) -> None:
         db = self._db
-        listed = _Limited(problems, "disagreements between the rollouts table and the records")
+        listed = ProblemList(problems, "disagreements between the rollouts table and the records")
         for rollout_id, listed_last, actual in db.execute(
                 "SELECT o.rollout_id, o.last_seq, (SELECT MAX(seq) FROM records r "
                 "WHERE r.rollout_id = o.rollout_id) AS actual FROM rollouts o "
@@ -756,44 +758,23 @@ class SQLiteStore:
         listed.close()
 
     def _check_json(self, problems: list[str]) -> None:
-        listed = _Limited(problems, "records or summaries that are not JSON objects")
+        listed = ProblemList(problems, "records or summaries that are not JSON objects")
         for rollout_id, seq, data in self._db.execute("SELECT rollout_id, seq, data FROM records"):
-            if not isinstance(data, str) or _json_object(data) is None:
+            if not isinstance(data, str) or json_object(data) is None:
                 listed.add(f"rollout {rollout_id}: record {seq}'s data is not a JSON object")
         for environment, seq, data in self._db.execute(
                 "SELECT environment, seq, data FROM environment_records"):
-            if not isinstance(data, str) or _json_object(data) is None:
+            if not isinstance(data, str) or json_object(data) is None:
                 listed.add(f"environment {environment}: record {seq}'s data is not a JSON object")
         for rollout_id, text in self._db.execute(
                 "SELECT rollout_id, summary FROM rollouts WHERE summary IS NOT NULL"):
-            if not isinstance(text, str) or _json_object(text) is None:
+            if not isinstance(text, str) or json_object(text) is None:
                 listed.add(f"rollout {rollout_id}: its summary is not a JSON object")
         listed.close()
 
 
-class _Limited:
-    """Collects problems of one kind into ``problems``, at most ``_MOST_PROBLEMS`` of them."""
-
-    def __init__(self, problems: list[str], kind: str) -> None:
-        self.problems, self.kind, self.count = problems, kind, 0
-
-    def add(self, problem: str) -> None:
-        self.count += 1
-        if self.count <= _MOST_PROBLEMS:
-            self.problems.append(problem)
-
-    def close(self) -> None:
-        if self.count > _MOST_PROBLEMS:
-            self.problems.append(f"... and {self.count - _MOST_PROBLEMS} more {self.kind}")
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    """``text`` decoded if it is a JSON object, else None."""
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 _MOUNTED_READ_ONLY = "its file system is mounted read-only"

@@ -116,6 +116,5 @@ def one_line(value: object, limit: int = 200) -> str:
 
 
 def result(name: str, verdict: Verdict, detail: str, evidence: Iterable[str] = ()) -> CheckResult:
-    """A CheckResult.  (ports.CheckResult's ``converter=tuple`` defeats mypy's attrs plugin, which
-    then wants ``Iterable[_T_co]``: one ignore here instead of one at every result.)"""
-    return CheckResult(name, verdict, detail, tuple(evidence))  # type: ignore[arg-type, unused-ignore]
+    """A CheckResult of a check adapter."""
+    return CheckResult(name, verdict, detail, tuple(evidence))

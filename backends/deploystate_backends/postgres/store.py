@@ -48,6 +48,7 @@ from deploystate.journal import (
     JournalCorrupt,
     JournalError,
     JournalReadOnly,
+    ProblemList,
     Record,
     Summary,
     beyond_last,
@@ -57,6 +58,7 @@ from deploystate.journal import (
     check_rollout_id,
     conflict,
     env_conflict,
+    json_object,
     summary_text,
     unknown,
 )
@@ -66,7 +68,6 @@ if TYPE_CHECKING:
     import psycopg
 
 SCHEMA_VERSION = 1
-_MOST_PROBLEMS = 100  # of one kind, in check()'s answer
 # Serialises making the schema in one database (a transaction-level advisory lock): "dsjl" schema.
 _SCHEMA_LOCK = 0x64736A6C_00000001
 CONNECT_TIMEOUT_S = 10
@@ -440,7 +441,7 @@ class PostgresStore:
             if summary_seq is None or text is None:
                 result[rollout_id] = (last, None)
                 continue
-            data = _json_object(text)
+            data = json_object(text)
             if data is None:
                 raise JournalCorrupt(f"{self.path}: the summary of rollout {rollout_id} is damaged (not a "
                                      "JSON object); restore the journal from a backup")
@@ -448,7 +449,7 @@ class PostgresStore:
         return result
 
     def _record(self, row: Sequence[Any], of: str = "rollout") -> Record:
-        data = _json_object(row[6])
+        data = json_object(row[6])
         if data is None:
             raise JournalCorrupt(f"{self.path}: record {row[1]} of {of} {row[0]} is damaged (data is not "
                                  "JSON); restore the journal from a backup")
@@ -493,7 +494,7 @@ class PostgresStore:
                              (environment,)).fetchone()
         if row is None:
             return None
-        data = _json_object(row[1])
+        data = json_object(row[1])
         return None if data is None else Summary(int(row[0]), data)
 
     def env_read(self, environment: str, after: int = 0) -> list[Record]:
@@ -620,7 +621,7 @@ class PostgresStore:
 
     def _check_gaps(self, db: psycopg.Connection[Any], problems: list[str], table: str, key: str,
                     kind: str) -> None:
-        listed = _Limited(problems, f"{kind}s with gaps in their records")
+        listed = ProblemList(problems, f"{kind}s with gaps in their records")
         for name, count, first, last, gap in db.execute(
                 f"SELECT {key}, COUNT(*), MIN(seq), MAX(seq), "
                 f"(SELECT MIN(r.seq) + 1 FROM {table} r WHERE r.{key} = g.{key} AND r.seq < MAX(g.seq) "
@@ -632,7 +633,7 @@ class PostgresStore:
         listed.close()
 
     def _check_rollouts_table(self, db: psycopg.Connection[Any], problems: list[str]) -> None:
-        listed = _Limited(problems, "disagreements between the rollouts table and the records")
+        listed = ProblemList(problems, "disagreements between the rollouts table and the records")
         for rollout_id, listed_last, actual in db.execute(
                 "SELECT o.rollout_id, o.last_seq, r.actual FROM rollouts o LEFT JOIN "
                 "(SELECT rollout_id, MAX(seq) AS actual FROM records GROUP BY rollout_id) r "
@@ -654,7 +655,7 @@ class PostgresStore:
         listed.close()
 
     def _check_deliveries(self, db: psycopg.Connection[Any], problems: list[str]) -> None:
-        listed = _Limited(problems, "delivery positions that name no record")
+        listed = ProblemList(problems, "delivery positions that name no record")
         for rollout_id, notifier, seq, last in db.execute(
                 "SELECT d.rollout_id, d.notifier, d.seq, o.last_seq FROM deliveries d "
                 "LEFT JOIN rollouts o ON o.rollout_id = d.rollout_id "
@@ -671,26 +672,26 @@ class PostgresStore:
         listed.close()
 
     def _check_json(self, db: psycopg.Connection[Any], problems: list[str]) -> None:
-        listed = _Limited(problems, "records or summaries that are not JSON objects")
+        listed = ProblemList(problems, "records or summaries that are not JSON objects")
         for rollout_id, seq, data in db.execute("SELECT rollout_id, seq, data FROM records ORDER BY 1, 2"):
-            if _json_object(data) is None:
+            if json_object(data) is None:
                 listed.add(f"rollout {rollout_id}: record {seq}'s data is not a JSON object")
         for environment, seq, data in db.execute(
                 "SELECT environment, seq, data FROM environment_records ORDER BY 1, 2"):
-            if _json_object(data) is None:
+            if json_object(data) is None:
                 listed.add(f"environment {environment}: record {seq}'s data is not a JSON object")
         for rollout_id, text in db.execute(
                 "SELECT rollout_id, summary FROM rollouts WHERE summary IS NOT NULL ORDER BY 1"):
-            if _json_object(text) is None:
+            if json_object(text) is None:
                 listed.add(f"rollout {rollout_id}: its summary is not a JSON object")
         for environment, text in db.execute(
                 "SELECT environment, summary FROM environment_summaries ORDER BY 1"):
-            if _json_object(text) is None:
+            if json_object(text) is None:
                 listed.add(f"environment {environment}: its summary is not a JSON object")
         listed.close()
 
     def _check_environment_summaries(self, db: psycopg.Connection[Any], problems: list[str]) -> None:
-        listed = _Limited(problems, "environment summaries that describe no record")
+        listed = ProblemList(problems, "environment summaries that describe no record")
         for environment, seq, last in db.execute(
                 "SELECT s.environment, s.seq, e.last FROM environment_summaries s LEFT JOIN "
                 "(SELECT environment, MAX(seq) AS last FROM environment_records GROUP BY environment) e "
@@ -701,27 +702,5 @@ class PostgresStore:
         listed.close()
 
 
-class _Limited:
-    """Collects problems of one kind into ``problems``, at most ``_MOST_PROBLEMS`` of them."""
-
-    def __init__(self, problems: list[str], kind: str) -> None:
-        self.problems, self.kind, self.count = problems, kind, 0
-
-    def add(self, problem: str) -> None:
-        self.count += 1
-        if self.count <= _MOST_PROBLEMS:
-            self.problems.append(problem)
-
-    def close(self) -> None:
-        if self.count > _MOST_PROBLEMS:
-            self.problems.append(f"... and {self.count - _MOST_PROBLEMS} more {self.kind}")
 
 
-def _json_object(text: object) -> dict[str, Any] | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
